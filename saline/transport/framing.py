@@ -1,0 +1,74 @@
+"""The wire format: one msgpack map per message, decoded defensively.
+
+Every message crossing a socket is a msgpack-encoded map with a string ``cmd``. Decoding refuses
+oversized frames, deep nesting, non-string keys and invalid msgpack with :class:`FrameError`, whose
+message is one line naming the cause.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+MAX_DEPTH = 64
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted; the message names why."""
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, bytearray):
+        return bytes(obj)
+    return str(obj)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True, default=_default)
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, Any]:
+    if len(data) > max_size:
+        raise FrameError(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
+    try:
+        message = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, max_buffer_size=max_size,
+            max_bin_len=max_size, max_str_len=max_size, max_array_len=1_000_000, max_map_len=1_000_000,
+        )
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
+        raise FrameError(f"invalid msgpack: {exc.__class__.__name__}: {exc}"[:200]) from None
+    except Exception as exc:  # msgpack raises a few others on hostile input (e.g. UnicodeDecodeError)
+        raise FrameError(f"undecodable frame: {exc.__class__.__name__}") from None
+    if not isinstance(message, dict):
+        raise FrameError(f"a frame must be a map, got {type(message).__name__}")
+    if not isinstance(message.get("cmd"), str):
+        raise FrameError("a frame must carry a string 'cmd'")
+    if not _depth_ok(message, MAX_DEPTH):
+        raise FrameError(f"frame nested deeper than {MAX_DEPTH} levels")
+    return message
+
+
+def require(message: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
+    """The value of ``field``, or FrameError when it is missing or of the wrong type."""
+    value = message.get(field)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise FrameError(f"field '{field}' must be {names}, got {type(value).__name__}")
+    return value

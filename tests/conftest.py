@@ -1,0 +1,91 @@
+"""Shared fixtures: fresh databases on the real servers this machine runs (never mocks).
+
+A server that is not reachable fails the test with one line saying which and how to start it;
+nothing is skipped (``scripts/services.sh`` starts them all).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+MYSQL = {"host": "127.0.0.1", "port": int(os.environ.get("SALINE_TEST_MYSQL_PORT", 3306)), "user": "root", "pass": ""}
+PG = {"host": "127.0.0.1", "port": int(os.environ.get("SALINE_TEST_PG_PORT", 5432)), "user": "postgres", "passwd": ""}
+REDIS = {"host": "127.0.0.1", "port": int(os.environ.get("SALINE_TEST_REDIS_PORT", 6379))}
+
+
+def require_port(name: str, host: str, port: int) -> None:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        pytest.fail(f"{name} is not reachable on {host}:{port} ({exc.strerror}); run scripts/services.sh", pytrace=False)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def mysql_db() -> Iterator[dict]:
+    """A new, empty MariaDB database; dropped afterwards."""
+    import pymysql
+
+    require_port("MariaDB", MYSQL["host"], MYSQL["port"])
+    name = unique_name("saline_t")
+    conn = pymysql.connect(host=MYSQL["host"], port=MYSQL["port"], user=MYSQL["user"], password=MYSQL["pass"], autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` DEFAULT CHARACTER SET utf8mb4")
+    try:
+        yield {**MYSQL, "db": name}
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
+
+
+@pytest.fixture
+def pg_db() -> Iterator[dict]:
+    """A new, empty PostgreSQL database; dropped afterwards."""
+    import psycopg
+
+    require_port("PostgreSQL", PG["host"], PG["port"])
+    name = unique_name("saline_t")
+    with psycopg.connect(host=PG["host"], port=PG["port"], user=PG["user"], dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {**PG, "db": name}
+    finally:
+        with psycopg.connect(host=PG["host"], port=PG["port"], user=PG["user"], dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_db() -> Iterator[dict]:
+    """Redis database 13, emptied before and after."""
+    import redis
+
+    require_port("Redis", REDIS["host"], REDIS["port"])
+    client = redis.Redis(host=REDIS["host"], port=REDIS["port"], db=13)
+    client.flushdb()
+    try:
+        yield {**REDIS, "db": 13}
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def master_opts(tmp_path: Path) -> dict:
+    """Master options rooted in a temporary folder, as ``load_config`` would produce them."""
+    from saline.config import MASTER_OPTIONS, _finish
+
+    opts = {k: v[1] for k, v in MASTER_OPTIONS.items()}
+    opts.update(id="testmaster", cachedir=str(tmp_path / "cache"), pki_dir=str(tmp_path / "pki"),
+                sock_dir=str(tmp_path / "sock"), config_dir=str(tmp_path))
+    _finish("master", opts)
+    return opts
