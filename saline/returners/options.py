@@ -2,6 +2,8 @@
 
 Highest first: ``--return_kwargs`` (internal names) > ``<ret_config>.<prefix>.<key>`` >
 ``<prefix>.<key>`` (nested maps beat flat dotted keys, as in Salt) > the declared default.
+A returner's ``alt_prefixes`` (older spellings of its keys) are tried after its main prefix at
+each level.
 An empty string, ``None`` or the string ``"None"`` means "not set". Values are coerced to the
 declared type; a wrong one raises :class:`ConfigError` naming the returner and the option.
 """
@@ -85,15 +87,18 @@ def resolve(
 ) -> dict[str, Any]:
     """The options ``cls`` runs with, given the config and the per-call overrides."""
     prefix = cls.option_prefix()
+    # A returner may also answer to older spellings of its keys (``postgres.host`` beside
+    # ``returner.postgres.host``): ``alt_prefixes``, tried after the main prefix at each level.
+    prefixes = (prefix, *getattr(cls, "alt_prefixes", ()))
     where = f"returner {cls.name}"
     by_name = {o.name: o for o in cls.options}
     result: dict[str, Any] = {}
     for option in cls.options:
         value: Any = _UNSET
-        if ret_config:
-            value = lookup(config, f"{ret_config}.{prefix}.{option.suffix}")
-        if value is _UNSET:
-            value = lookup(config, f"{prefix}.{option.suffix}")
+        for base in ([f"{ret_config}.{p}" for p in prefixes] if ret_config else []) + list(prefixes):
+            value = lookup(config, f"{base}.{option.suffix}")
+            if value is not _UNSET:
+                break
         if value is _UNSET:
             value = option.default
         result[option.name] = None if _unset(value) else coerce(option, value, where)
