@@ -49,7 +49,7 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, Any]:
         raise FrameError(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
     try:
         message = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, max_buffer_size=max_size,
+            data, raw=False, strict_map_key=True,
             max_bin_len=max_size, max_str_len=max_size, max_array_len=1_000_000, max_map_len=1_000_000,
         )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:

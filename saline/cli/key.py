@@ -1,0 +1,141 @@
+"""``saline-key``: list, accept, reject and delete minion keys (Salt's ``salt-key``).
+
+It edits the master's ``pki_dir`` directly; the running master notices within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+
+from saline.cli.common import add_config_args, fail, load_opts
+
+TITLES = {"minions": "Accepted Keys:", "minions_denied": "Denied Keys:", "minions_pre": "Unaccepted Keys:",
+          "minions_rejected": "Rejected Keys:"}
+ORDER = ("minions", "minions_denied", "minions_pre", "minions_rejected")
+STATE_NAMES = {"acc": "minions", "accepted": "minions", "pre": "minions_pre", "un": "minions_pre",
+               "unaccepted": "minions_pre", "pending": "minions_pre", "rej": "minions_rejected",
+               "rejected": "minions_rejected", "den": "minions_denied", "denied": "minions_denied"}
+
+
+def _print_listing(listing: dict[str, list[str]], states: tuple[str, ...], out: str | None) -> None:
+    if out == "json":
+        print(json.dumps({TITLES[s].rstrip(":").replace(" Keys", "").lower(): listing[s] for s in states}, indent=4))
+        return
+    for state in states:
+        print(TITLES[state])
+        for mid in listing[state]:
+            print(mid)
+
+
+def _confirm(action: str, state: str, ids: list[str], yes: bool) -> bool:
+    print(f"The following keys are going to be {action}:")
+    print(TITLES[state])
+    for mid in ids:
+        print(mid)
+    if yes:
+        return True
+    try:
+        answer = input("Proceed? [n/Y] ")
+    except EOFError:
+        print("\nnot confirmed (use -y to answer yes)", file=sys.stderr)
+        return False
+    return answer.strip().lower() in ("", "y", "yes")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="saline-key", description="Manage minion keys on the master.")
+    add_config_args(parser)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-L", "--list-all", action="store_true", help="list every key")
+    group.add_argument("-l", "--list", metavar="STATE", help="list keys in one state: acc, pre/un, rej, den, all")
+    group.add_argument("-a", "--accept", metavar="ID", help="accept the pending keys matching ID (a glob)")
+    group.add_argument("-A", "--accept-all", action="store_true")
+    group.add_argument("-r", "--reject", metavar="ID", help="reject the pending keys matching ID")
+    group.add_argument("-R", "--reject-all", action="store_true")
+    group.add_argument("-d", "--delete", metavar="ID", help="delete the keys matching ID, in any state")
+    group.add_argument("-D", "--delete-all", action="store_true")
+    group.add_argument("-f", "--finger", metavar="ID", help="print the fingerprints of the keys matching ID")
+    group.add_argument("-F", "--finger-all", action="store_true")
+    parser.add_argument("-y", "--yes", action="store_true", help="answer yes to every question")
+    parser.add_argument("--include-rejected", action="store_true", help="-a/-A also accept rejected keys")
+    parser.add_argument("--include-accepted", action="store_true", help="-r/-R also reject accepted keys")
+    parser.add_argument("--out", default=None, choices=["json", "txt"])
+    args = parser.parse_args(argv)
+    opts = load_opts("master", args)
+
+    from saline.transport.keys import ACCEPTED, PENDING, REJECTED, STATES, KeyStore, fingerprint
+
+    try:
+        keys = KeyStore(opts["pki_dir"])
+    except OSError as exc:
+        fail(f"cannot open the key folder {opts['pki_dir']}: {exc.strerror}")
+    listing = keys.listing()
+
+    def matching(states: tuple[str, ...], pattern: str) -> dict[str, list[str]]:
+        return {s: [m for m in listing[s] if fnmatch.fnmatch(m, pattern)] for s in states}
+
+    if args.list:
+        name = args.list.lower()
+        if name == "all":
+            _print_listing(listing, ORDER, args.out)
+        elif name in STATE_NAMES:
+            _print_listing(listing, (STATE_NAMES[name],), args.out)
+        else:
+            fail(f"unknown key state '{args.list}' (use acc, pre, rej, den or all)")
+        return
+    if args.accept or args.accept_all:
+        sources = (PENDING, REJECTED) if args.include_rejected else (PENDING,)
+        found = matching(sources, args.accept or "*")
+        ids = [m for s in sources for m in found[s]]
+        if not ids:
+            fail(f"the key glob '{args.accept or '*'}' does not match any unaccepted keys", 1)
+        if _confirm("accepted", PENDING, ids, args.yes):
+            for state in sources:
+                for mid in found[state]:
+                    keys.move(mid, state, ACCEPTED)  # replaces an older accepted key of that id
+                    print(f"Key for minion {mid} accepted.")
+        return
+    if args.reject or args.reject_all:
+        sources = (PENDING, ACCEPTED) if args.include_accepted else (PENDING,)
+        found = matching(sources, args.reject or "*")
+        ids = [m for s in sources for m in found[s]]
+        if not ids:
+            fail(f"the key glob '{args.reject or '*'}' does not match any unaccepted keys", 1)
+        if _confirm("rejected", PENDING, ids, args.yes):
+            for state in sources:
+                for mid in found[state]:
+                    keys.move(mid, state, REJECTED)
+                    print(f"Key for minion {mid} rejected.")
+        return
+    if args.delete or args.delete_all:
+        found = matching(STATES, args.delete or "*")
+        ids = sorted({m for s in STATES for m in found[s]})
+        if not ids:
+            fail(f"the key glob '{args.delete or '*'}' does not match any keys", 1)
+        if _confirm("deleted", ACCEPTED, ids, args.yes):
+            for mid in ids:
+                keys.delete(mid)
+                print(f"Key for minion {mid} deleted.")
+        return
+    if args.finger or args.finger_all:
+        found = matching(STATES, args.finger or "*")
+        for state in ORDER:
+            if found[state]:
+                print(TITLES[state])
+                for mid in found[state]:
+                    print(f"{mid}:  {fingerprint(keys.key_of(state, mid) or '')}")
+        print("Local Keys:")
+        from pathlib import Path
+
+        pub = Path(opts["pki_dir"]) / "master.pub"
+        if pub.exists():
+            print(f"master.pub:  {fingerprint(pub.read_text().strip())}")
+        return
+    _print_listing(listing, ORDER, args.out)
+
+
+if __name__ == "__main__":
+    main()

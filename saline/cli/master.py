@@ -1,0 +1,32 @@
+"""``saline-master``: run the master in the foreground or, with ``-d``, as a daemon."""
+
+from __future__ import annotations
+
+import argparse
+
+from saline.cli.common import add_config_args, fail, load_opts, run_daemon
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="saline-master", description="The saline master.")
+    add_config_args(parser)
+    parser.add_argument("-d", "--daemon", action="store_true", help="run in the background")
+    parser.add_argument("--pid-file", default=None)
+    args = parser.parse_args(argv)
+    opts = load_opts("master", args, {"pidfile": args.pid_file} if args.pid_file else None)
+
+    def make():  # imported here so a bad config fails before the heavy imports
+        from saline.config import ConfigError
+        from saline.master.daemon import Master
+        from saline.master.outbox import OutboxError
+
+        try:
+            return Master(opts)
+        except (ConfigError, OutboxError) as exc:
+            fail(str(exc))
+
+    run_daemon("saline-master", make, opts, args)
+
+
+if __name__ == "__main__":
+    main()

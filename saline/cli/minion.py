@@ -1,0 +1,30 @@
+"""``saline-minion``: run a minion in the foreground or, with ``-d``, as a daemon."""
+
+from __future__ import annotations
+
+import argparse
+
+from saline.cli.common import add_config_args, fail, load_opts, run_daemon
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="saline-minion", description="A saline minion.")
+    add_config_args(parser)
+    parser.add_argument("-d", "--daemon", action="store_true", help="run in the background")
+    parser.add_argument("--pid-file", default=None)
+    args = parser.parse_args(argv)
+    opts = load_opts("minion", args, {"pidfile": args.pid_file} if args.pid_file else None)
+
+    def make():
+        from saline.minion.daemon import Minion, MinionError
+
+        try:
+            return Minion(opts)
+        except MinionError as exc:
+            fail(str(exc))
+
+    run_daemon("saline-minion", make, opts, args)
+
+
+if __name__ == "__main__":
+    main()

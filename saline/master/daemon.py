@@ -1,0 +1,373 @@
+"""The master: publishes jobs, collects returns, feeds the outbox, emits events, serves the CLI.
+
+One asyncio loop owns the sockets. Returns are handled in groups: every message already waiting
+on the return socket is read, the accepted returns are written to the outbox in one transaction
+(group commit), and only then are the minions acknowledged — so an acknowledged return is never
+lost, and a return the master could not store stays in the minion's spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from saline.config import ConfigError, returner_names
+from saline.events import EventBus, job_new_tag, job_ret_tag, stamp
+from saline.jid import gen_jid, is_jid
+from saline.master.delivery import Delivery
+from saline.master.outbox import Item, Outbox, OutboxError
+from saline.master.state import MasterState
+from saline.targeting import TargetError, compile_target
+from saline.transport.framing import FrameError, decode, encode
+from saline.transport.keys import ACCEPTED, DENIED, PENDING, REJECTED, KeyStore, ensure_keypair, valid_id
+from saline.transport.zeromq import PUB_DOMAIN, RET_DOMAIN, ZapHandler, server_socket, tcp_endpoint
+
+log = logging.getLogger(__name__)
+
+GROUP_MAX = 2000  # messages handled per group commit
+
+
+def _retcode(value: Any) -> int:
+    if isinstance(value, dict):  # multi-function jobs
+        return max((_retcode(v) for v in value.values()), default=0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class PublishError(Exception):
+    """A publish request that cannot be carried out; one line for the CLI."""
+
+
+class Master:
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self.opts = opts
+        self.cachedir = Path(opts["cachedir"])
+        self.cachedir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.cachedir, 0o700)
+        self.keys = KeyStore(opts["pki_dir"])
+        self.public_key, self.secret_key = ensure_keypair(opts["pki_dir"], "master")
+        self.state = MasterState(self.cachedir / "master.db")
+        self.outbox = Outbox(self.cachedir / "outbox.db")
+        self.delivery = Delivery(opts, self.outbox)
+        self.events = EventBus()
+        self.max_size = int(opts["max_frame_size"])
+        self.job_cache = opts.get("master_job_cache") or "saline_cache"
+        self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "untargeted": 0, "duplicates": 0}
+        self._stop = asyncio.Event()
+        self.ctx: zmq.asyncio.Context | None = None
+        self._check_returner_config()
+
+    def _check_returner_config(self) -> None:
+        """Refuse to start with an unknown or misconfigured returner (one line naming it)."""
+        from saline.returners import registry
+        from saline.returners.options import resolve
+
+        registry.load_dirs(list(self.opts.get("returner_dirs") or []))
+        names = [self.job_cache, *returner_names(self.opts.get("return")),
+                 *returner_names(self.opts.get("ext_job_cache")), *returner_names(self.opts.get("event_return"))]
+        for name in dict.fromkeys(names):
+            cls = registry.get_class(name)
+            resolve(cls, self.opts)
+        cache_cls = registry.get_class(self.job_cache)
+        if not cache_cls.has_read_side():
+            raise ConfigError(f"master_job_cache: returner {self.job_cache} has no read side and cannot be the job cache")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.zap = ZapHandler(self.ctx, self.keys, open_mode=bool(self.opts.get("open_mode")),
+                              on_refused=self._on_refused)
+        iface = self.opts["interface"]
+        self.pub = server_socket(self.ctx, zmq.PUB, self.secret_key, PUB_DOMAIN,
+                                 tcp_endpoint(iface, self.opts["publish_port"]), self.max_size)
+        self.router = server_socket(self.ctx, zmq.ROUTER, self.secret_key, RET_DOMAIN,
+                                    tcp_endpoint(iface, self.opts["ret_port"]), self.max_size)
+        from saline.master.localapi import LocalAPI
+
+        self.local = LocalAPI(self)
+        await self.local.start()
+        self.delivery.start()
+        tasks = [asyncio.create_task(self.zap.serve(), name="zap"),
+                 asyncio.create_task(self._return_loop(), name="returns"),
+                 asyncio.create_task(self._maintenance(), name="maintenance")]
+        log.info("master %s listening on %s (publish %s, return %s)", self.opts["id"], iface,
+                 self.opts["publish_port"], self.opts["ret_port"])
+        try:
+            await self._stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.local.stop()
+            self.delivery.stop()
+            self.pub.close(0)
+            self.router.close(0)
+            self.zap.close()
+            self.ctx.term()
+            self.outbox.close()
+            self.state.close()
+
+    def _on_refused(self, domain: str, key: str) -> None:
+        self.stats["refused"] += 1
+
+    # -- publishing ------------------------------------------------------------------------------
+    def expected_minions(self, tgt: Any, tgt_type: str) -> list[str]:
+        matcher = compile_target(tgt, tgt_type, nodegroups=self.opts.get("nodegroups") or {})
+        self.keys.refresh()
+        return sorted(mid for mid in self.keys.ids(ACCEPTED)
+                      if matcher.matches(mid, self.state.grains.get(mid) or {"id": mid}))
+
+    def publish(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Publish a job; returns ``{"jid", "minions"}``. Raises PublishError with one line."""
+        fun = request.get("fun")
+        if not isinstance(fun, str) or not fun:
+            raise PublishError("no function given")
+        tgt, tgt_type = request.get("tgt", "*"), request.get("tgt_type") or "glob"
+        try:
+            minions = self.expected_minions(tgt, tgt_type)
+        except TargetError as exc:
+            raise PublishError(f"bad target: {exc}") from None
+        names = self._job_returners(request.get("ret"))
+        jid = request.get("jid") if is_jid(request.get("jid")) else gen_jid(bool(self.opts.get("unique_jid")))
+        load = {
+            "cmd": "publish", "jid": jid, "fun": fun, "arg": list(request.get("arg") or []),
+            "tgt": tgt, "tgt_type": tgt_type, "ret": ",".join(returner_names(request.get("ret"))),
+            "user": str(request.get("user") or "root"), "minions": minions,
+            "kwargs": {k: request[k] for k in ("ret_config", "ret_kwargs", "metadata", "show_timeout")
+                       if request.get(k) is not None},
+        }
+        if request.get("metadata"):
+            load["metadata"] = request["metadata"]
+        try:
+            items = self.delivery.items_for_load(names, jid, load, minions)
+            items += self._event_items(self.events.fire(job_new_tag(jid), {**load, "minions": minions}))
+            self.delivery.submit(items)
+        except ConfigError as exc:
+            raise PublishError(str(exc)) from None
+        except OutboxError as exc:
+            raise PublishError(f"cannot store the job: {exc}") from None
+        self.state.add_job(jid, load, minions, float(request.get("timeout") or self.opts["timeout"]))
+        wire = {"cmd": "publish", "jid": jid, "fun": fun, "arg": load["arg"], "tgt": tgt, "tgt_type": tgt_type,
+                "user": load["user"], "ret": load["ret"] if self.opts.get("returners_on_minion") else "",
+                "job_timeout": request.get("job_timeout"), "ret_config": request.get("ret_config"),
+                "ret_kwargs": request.get("ret_kwargs"), "metadata": request.get("metadata")}
+        self.pub.send(encode({k: v for k, v in wire.items() if v not in (None, "")}))
+        log.info("published %s %s to %s (%d minions expected)", jid, fun, tgt, len(minions))
+        return {"jid": jid, "minions": minions}
+
+    def _job_returners(self, ret: Any) -> list[str]:
+        """Where a job's load and returns go: the job cache, ext_job_cache, ``return:``, ``--return``."""
+        names = [self.job_cache, *returner_names(self.opts.get("ext_job_cache")),
+                 *returner_names(self.opts.get("return"))]
+        if not self.opts.get("returners_on_minion"):
+            names += returner_names(ret)
+        return list(dict.fromkeys(names))
+
+    def _event_items(self, event: dict[str, Any]) -> list[Item]:
+        return self.delivery.items_for_event(event["tag"], event["data"])
+
+    # -- the return socket -----------------------------------------------------------------------
+    async def _return_loop(self) -> None:
+        router = self.router
+        while True:
+            group = [await router.recv_multipart(copy=False)]
+            while len(group) < GROUP_MAX and router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                group.append(await router.recv_multipart(copy=False))
+            try:
+                self._handle_group(group)
+            except Exception:  # a bug must not take the return socket down
+                log.exception("error while handling %d messages", len(group))
+
+    def _handle_group(self, group: list[list[zmq.Frame]]) -> None:
+        self.keys.refresh()
+        replies: list[tuple[bytes, dict[str, Any]]] = []
+        accepted: list[tuple[bytes, dict[str, Any]]] = []
+        for frames in group:
+            if len(frames) != 2:
+                self.stats["bad_frames"] += 1
+                continue
+            routing, payload = frames[0].bytes, frames[1]
+            key = payload.get("User-Id") if not self.opts.get("open_mode") else None
+            try:
+                message = decode(payload.bytes, self.max_size)
+            except FrameError as exc:
+                self.stats["bad_frames"] += 1
+                log.warning("refused a frame from key %s: %s", (key or "?")[:8], exc)
+                continue
+            reply = self._handle_message(routing, key, message, accepted)
+            if reply is not None:
+                replies.append((routing, reply))
+        if accepted:
+            replies += self._store_returns(accepted)
+        for routing, reply in replies:
+            try:
+                self.router.send_multipart([routing, encode(reply)], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                log.debug("could not reply to a minion (its queue is full)")
+
+    def _identify(self, key: str | None, message: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(state, minion id) of the peer, from its CURVE key (never from the payload)."""
+        if self.opts.get("open_mode"):
+            mid = message.get("id")
+            return (ACCEPTED, mid) if valid_id(mid) else (None, None)
+        info = self.keys.by_key(key) if key else None
+        return (info.state, info.minion_id) if info else (None, None)
+
+    def _handle_message(self, routing: bytes, key: str | None, message: dict[str, Any],
+                        accepted: list[tuple[bytes, dict[str, Any]]]) -> dict[str, Any] | None:
+        cmd = message["cmd"]
+        state, mid = self._identify(key, message)
+        if cmd == "hello":
+            return self._hello(key, state, mid, message)
+        if state != ACCEPTED or mid is None:
+            self.stats["refused"] += 1
+            return {"cmd": "not_accepted"}
+        if cmd == "ping":
+            self.state.last_seen[mid] = time.time()
+            return {"cmd": "pong"}
+        if cmd == "_return":
+            load = message.get("load")
+            if not isinstance(load, dict) or not is_jid(load.get("jid")) or not isinstance(load.get("fun"), (str, list)):
+                self.stats["bad_frames"] += 1
+                return {"cmd": "refused", "jid": str(message.get("jid", "")), "reason": "malformed return"}
+            if load.get("id", mid) != mid:
+                self.stats["forged"] += 1
+                log.warning("minion %s sent a return claiming to be %r; refused", mid, load.get("id"))
+                return {"cmd": "refused", "jid": load["jid"], "reason": "id does not match the key"}
+            accepted.append((routing, {**load, "id": mid}))
+            return None
+        self.stats["bad_frames"] += 1
+        return {"cmd": "refused", "reason": f"unknown command {cmd[:40]!r}"}
+
+    def _hello(self, key: str | None, state: str | None, mid: str | None, message: dict[str, Any]) -> dict[str, Any]:
+        claimed = message.get("id")
+        grains = message.get("grains") if isinstance(message.get("grains"), dict) else None
+        if not valid_id(claimed):
+            return {"cmd": "refused", "reason": "invalid minion id"}
+        if state == ACCEPTED:
+            if mid != claimed:
+                self.stats["forged"] += 1
+                log.warning("key of minion %s says hello as %s; refused", mid, claimed)
+                return {"cmd": "refused", "reason": "id does not match the key"}
+            self.state.saw_minion(mid, grains)
+            self._fire_and_queue(f"salt/minion/{mid}/start", {"id": mid, "cmd": "_minion_event"})
+            self._fire_and_queue("salt/auth", {"id": mid, "act": "accept", "result": True, "pub": key})
+            return {"cmd": "welcome", "master_id": self.opts["id"]}
+        if state in (REJECTED, DENIED):
+            return {"cmd": "rejected"}
+        if key is None:
+            return {"cmd": "refused", "reason": "no key"}
+        known = self.keys.accepted_key(claimed)
+        if known is not None and known != key:
+            # A known id with a new key: Salt's "denied" (a stolen id or a rebuilt minion).
+            self.keys.add(DENIED, claimed, key)
+            log.warning("minion %s presented a different key than the accepted one; denied", claimed)
+            self._fire_and_queue("salt/auth", {"id": claimed, "act": "denied", "result": False, "pub": key})
+            return {"cmd": "rejected"}
+        if self.opts.get("auto_accept"):
+            self.keys.delete(claimed)
+            self.keys.add(ACCEPTED, claimed, key)
+            self.state.saw_minion(claimed, grains)
+            self._fire_and_queue("salt/key", {"id": claimed, "act": "accept", "result": True})
+            return {"cmd": "welcome", "master_id": self.opts["id"]}
+        if self.keys.key_of(PENDING, claimed) != key:
+            self.keys.add(PENDING, claimed, key)
+            log.info("new minion key pending: %s", claimed)
+            self._fire_and_queue("salt/auth", {"id": claimed, "act": "pend", "result": True, "pub": key})
+        return {"cmd": "pending"}
+
+    def _fire_and_queue(self, tag: str, data: dict[str, Any]) -> None:
+        items = self._event_items(self.events.fire(tag, data))
+        if items:
+            try:
+                self.delivery.submit(items)
+            except OutboxError as exc:
+                log.error("event %s not queued for event returners: %s", tag, exc)
+
+    def _store_returns(self, accepted: list[tuple[bytes, dict[str, Any]]]) -> list[tuple[bytes, dict[str, Any]]]:
+        """Write accepted returns durably, then build their acks (group commit)."""
+        replies: list[tuple[bytes, dict[str, Any]]] = []
+        acks: list[tuple[bytes, dict[str, Any]]] = []
+        items: list[Item] = []
+        fresh: list[tuple[str, str, int]] = []
+        to_fire: list[tuple[str, dict[str, Any]]] = []
+        seen: set[tuple[str, str]] = set()
+        for routing, load in accepted:
+            jid, mid = load["jid"], load["id"]
+            job = self.state.job(jid)
+            if job is None or mid not in job[0]:
+                self.stats["untargeted"] += 1
+                log.warning("minion %s returned for job %s it was not targeted by; refused", mid, jid)
+                replies.append((routing, {"cmd": "refused", "jid": jid, "reason": "not targeted"}))
+                continue
+            if mid in job[1] or (jid, mid) in seen:
+                self.stats["duplicates"] += 1
+                replies.append((routing, {"cmd": "ack", "jid": jid}))
+                continue
+            seen.add((jid, mid))
+            job_load = self.state.job_load(jid) or {}
+            kwargs = job_load.get("kwargs") or {}
+            ret = {"cmd": "_return", **load, "_stamp": stamp()}
+            names = self._job_returners(job_load.get("ret"))
+            items += self.delivery.items_for_return(names, ret, kwargs.get("ret_config"), kwargs.get("ret_kwargs"))
+            items += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)
+            to_fire.append((job_ret_tag(jid, mid), ret))
+            fresh.append((jid, mid, _retcode(load.get("retcode"))))
+            acks.append((routing, {"cmd": "ack", "jid": jid}))
+        if fresh:
+            try:
+                self.delivery.submit(items)
+            except OutboxError as exc:
+                # Not stored: no ack, so the minions keep these returns in their spools and resend.
+                log.error("cannot store %d returns, minions will resend: %s", len(fresh), exc)
+                return replies
+            self.state.record_returns(fresh)
+            for tag, data in to_fire:  # only once stored, so no one sees a return that could be lost
+                self.events.fire(tag, data)
+        return replies + acks
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    async def _maintenance(self) -> None:
+        interval = float(self.opts.get("loop_interval") or 60)
+        last_clean = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            if self.keys.refresh():
+                self.events.fire("salt/key", {"act": "refresh", "listing": self.keys.listing()})
+            now = time.time()
+            if now - last_clean >= interval:
+                last_clean = now
+                await asyncio.get_running_loop().run_in_executor(None, self.clean_old_jobs)
+
+    def clean_old_jobs(self) -> None:
+        keep = int(self.opts.get("keep_jobs_seconds") or 0)
+        if keep <= 0:
+            return
+        from saline.returners import registry
+
+        self.state.forget_before(time.time() - keep)
+        try:
+            cache = registry.create(self.job_cache, self.opts)
+            try:
+                cache.clean_old_jobs()
+            finally:
+                cache.close()
+        except Exception as exc:
+            log.warning("clean_old_jobs on %s failed: %s", self.job_cache, str(exc).splitlines()[0] if str(exc) else exc)
+
+    def job_done(self, jid: str) -> bool:
+        job = self.state.job(jid)
+        return job is not None and job[0] <= job[1]
+
+    def matching_ids(self, pattern: str) -> list[str]:
+        return [m for m in self.keys.ids(ACCEPTED) if fnmatch.fnmatch(m, pattern)]

@@ -1,0 +1,144 @@
+"""CURVE key pairs on disk, and the master's store of minion keys by state.
+
+Layout under the master's ``pki_dir`` (Salt's names): ``master.pub``/``master.key`` and the
+folders ``minions`` (accepted), ``minions_pre`` (pending), ``minions_rejected`` and
+``minions_denied`` (a known id that came back with another key). Each minion file is named after
+the minion id and holds its Z85 public key. ``saline-key`` edits these files; the master
+re-reads them when a folder changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+ACCEPTED, PENDING, REJECTED, DENIED = "minions", "minions_pre", "minions_rejected", "minions_denied"
+STATES = (ACCEPTED, PENDING, REJECTED, DENIED)
+_ID_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,255}$")
+
+
+class KeyError_(Exception):
+    """A key operation failed; the message is one line."""
+
+
+def valid_id(minion_id: object) -> bool:
+    """Minion ids become file names: no slashes, no dot-only names, a sane length."""
+    return isinstance(minion_id, str) and bool(_ID_RE.match(minion_id)) and minion_id not in (".", "..")
+
+
+def _write_private(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def ensure_keypair(pki_dir: str | Path, name: str) -> tuple[str, str]:
+    """Load ``<name>.pub``/``<name>.key`` from ``pki_dir``, creating them on first use."""
+    folder = Path(pki_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    pub, sec = folder / f"{name}.pub", folder / f"{name}.key"
+    if not (pub.exists() and sec.exists()):
+        public, secret = zmq.curve_keypair()
+        _write_private(sec, secret.decode())
+        pub.write_text(public.decode())
+    return pub.read_text().strip(), sec.read_text().strip()
+
+
+def fingerprint(public_key: str) -> str:
+    digest = hashlib.sha256(public_key.encode()).hexdigest()
+    return ":".join(digest[i:i + 2] for i in range(0, 32, 2))
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    state: str
+    minion_id: str
+
+
+class KeyStore:
+    """The master's view of minion keys, cached and refreshed when the folders change."""
+
+    def __init__(self, pki_dir: str | Path) -> None:
+        self.root = Path(pki_dir)
+        for state in STATES:
+            (self.root / state).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self._stamp: tuple[int, ...] = ()
+        self._by_key: dict[str, KeyInfo] = {}
+        self._by_id: dict[str, dict[str, str]] = {}
+        self.refresh()
+
+    # -- reading -----------------------------------------------------------------------------
+    def _folder_stamp(self) -> tuple[int, ...]:
+        return tuple(os.stat(self.root / s).st_mtime_ns for s in STATES)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Re-read the folders if they changed; True when something changed."""
+        stamp = self._folder_stamp()
+        if stamp == self._stamp and not force:
+            return False
+        by_key: dict[str, KeyInfo] = {}
+        by_id: dict[str, dict[str, str]] = {s: {} for s in STATES}
+        for state in STATES:
+            for path in (self.root / state).iterdir():
+                if path.name.endswith(".tmp") or not valid_id(path.name):
+                    continue
+                try:
+                    key = path.read_text().strip()
+                except OSError:
+                    continue
+                by_id[state][path.name] = key
+                # accepted wins when the same key sits in two folders
+                if key not in by_key or state == ACCEPTED:
+                    by_key[key] = KeyInfo(state, path.name)
+        self._by_key, self._by_id, self._stamp = by_key, by_id, stamp
+        return True
+
+    def by_key(self, public_key: str) -> KeyInfo | None:
+        return self._by_key.get(public_key)
+
+    def accepted_key(self, minion_id: str) -> str | None:
+        return self._by_id[ACCEPTED].get(minion_id)
+
+    def ids(self, state: str) -> list[str]:
+        return sorted(self._by_id[state])
+
+    def listing(self) -> dict[str, list[str]]:
+        return {state: self.ids(state) for state in STATES}
+
+    def key_of(self, state: str, minion_id: str) -> str | None:
+        return self._by_id[state].get(minion_id)
+
+    # -- changing ----------------------------------------------------------------------------
+    def add(self, state: str, minion_id: str, public_key: str) -> None:
+        if not valid_id(minion_id):
+            raise KeyError_(f"invalid minion id {minion_id!r}")
+        _write_private(self.root / state / minion_id, public_key + "\n")
+        self.refresh(force=True)
+
+    def move(self, minion_id: str, src: str, dst: str) -> bool:
+        path = self.root / src / minion_id
+        if not path.exists():
+            return False
+        os.replace(path, self.root / dst / minion_id)
+        self.refresh(force=True)
+        return True
+
+    def delete(self, minion_id: str) -> list[str]:
+        """Remove the id from every state; the states it was in."""
+        removed = []
+        for state in STATES:
+            path = self.root / state / minion_id
+            if path.exists():
+                path.unlink()
+                removed.append(state)
+        self.refresh(force=True)
+        return removed
