@@ -25,7 +25,7 @@ from saline.jid import gen_jid, is_jid
 from saline.master.delivery import Delivery
 from saline.master.outbox import Item, Outbox, OutboxError
 from saline.master.state import MasterState
-from saline.targeting import TargetError, compile_target
+from saline.targeting import TargetError, expected_minions
 from saline.transport.framing import FrameError, decode, encode
 from saline.transport.keys import ACCEPTED, DENIED, PENDING, REJECTED, KeyStore, ensure_keypair, valid_id
 from saline.transport.zeromq import PUB_DOMAIN, RET_DOMAIN, ZapHandler, server_socket, tcp_endpoint
@@ -122,10 +122,10 @@ class Master:
 
     # -- publishing ------------------------------------------------------------------------------
     def expected_minions(self, tgt: Any, tgt_type: str) -> list[str]:
-        matcher = compile_target(tgt, tgt_type, nodegroups=self.opts.get("nodegroups") or {})
+        """Accepted minions the target reaches, from their last grains (unknown grains: included)."""
         self.keys.refresh()
-        return sorted(mid for mid in self.keys.ids(ACCEPTED)
-                      if matcher.matches(mid, self.state.grains.get(mid) or {"id": mid}))
+        known = {mid: self.state.grains.get(mid) for mid in self.keys.ids(ACCEPTED)}
+        return expected_minions(tgt, tgt_type, known, nodegroups=self.opts.get("nodegroups") or {})
 
     def publish(self, request: dict[str, Any]) -> dict[str, Any]:
         """Publish a job; returns ``{"jid", "minions"}``. Raises PublishError with one line."""
@@ -157,6 +157,9 @@ class Master:
         except OutboxError as exc:
             raise PublishError(f"cannot store the job: {exc}") from None
         self.state.add_job(jid, load, minions, float(request.get("timeout") or self.opts["timeout"]))
+        if tgt_type == "nodegroup" or (tgt_type == "compound" and "N@" in str(tgt)):
+            # Nodegroups live in the master's config: minions get the list they expand to.
+            tgt, tgt_type = minions, "list"
         wire = {"cmd": "publish", "jid": jid, "fun": fun, "arg": load["arg"], "tgt": tgt, "tgt_type": tgt_type,
                 "user": load["user"], "ret": load["ret"] if self.opts.get("returners_on_minion") else "",
                 "job_timeout": request.get("job_timeout"), "ret_config": request.get("ret_config"),

@@ -220,8 +220,7 @@ class Minion:
 
     def _targets_me(self, publish: dict[str, Any]) -> bool:
         try:
-            matcher = compile_target(publish.get("tgt", ""), str(publish.get("tgt_type") or "glob"),
-                                     nodegroups=self.opts.get("nodegroups") or {})
+            matcher = compile_target(publish.get("tgt", ""), str(publish.get("tgt_type") or "glob"))
             return matcher.matches(self.id, self.grains)
         except TargetError as exc:
             log.warning("ignored job %s with a bad target: %s", publish.get("jid"), exc)
