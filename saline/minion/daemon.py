@@ -229,6 +229,10 @@ class Minion:
     async def _run_job(self, publish: dict[str, Any]) -> None:
         ret = await self.executor.run(publish)
         self.jobs_run += 1
+        if publish["fun"].startswith("saltutil.sync") and ret.get("retcode") == 0:
+            from saline.modules.loader import load_functions
+
+            self.functions = self.executor.functions = load_functions(self.opts)
         if not self.opts.get("pub_ret", True):
             return
         await asyncio.get_running_loop().run_in_executor(None, self.spool.put, self.id, ret["jid"], ret)
