@@ -1,0 +1,101 @@
+"""JSON the way Salt's returners write it, made safe for whatever a minion returns.
+
+Salt stores ``json.dumps(x, ensure_ascii=False)`` with the default separators and no key sorting
+(``mysql.get_jids_filter`` matches the exact ``"fun": "..."`` spacing), after turning bytes into
+text (``salt.utils.data.decode``). Here a value that is still not JSON (a set, an object, a key
+that is not a string, a reference cycle) is stored in a readable stand-in instead of failing the
+whole batch: sets become lists, bytes become text (UTF-8, undecodable bytes replaced), anything
+else its ``repr``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+__all__ = ["decode", "dumps", "dumps_ret", "loads"]
+
+# Marks the place of ``return`` inside the full return while the rest of it is serialised, so a
+# large return value is encoded once and spliced in, not encoded twice (``return`` + ``full_ret``).
+_MARK = f"\x00saline-return-{uuid.uuid4().hex}\x00"
+_MARK_JSON = json.dumps(_MARK)
+
+
+def _bytes_text(value: bytes | bytearray | memoryview) -> str:
+    return bytes(value).decode("utf-8", errors="replace")
+
+
+def _default(obj: Any) -> Any:
+    """Called by the encoder for what JSON has no form for."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return _bytes_text(obj)
+    if isinstance(obj, (set, frozenset)):
+        try:
+            return sorted(obj)
+        except TypeError:
+            return list(obj)
+    if isinstance(obj, (dt.datetime, dt.date, dt.time)):
+        return obj.isoformat()
+    return repr(obj)
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, (str, int, float, bool)) or key is None:
+        return key
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return _bytes_text(key)
+    return repr(key)
+
+
+def decode(value: Any, _seen: frozenset[int] = frozenset()) -> Any:
+    """A copy of ``value`` with bytes as text, keys JSON can hold, and cycles cut (shown as repr)."""
+    if isinstance(value, str) or value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _bytes_text(value)
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        if id(value) in _seen:
+            return f"<cycle {type(value).__name__}>"
+        seen = _seen | {id(value)}
+        if isinstance(value, dict):
+            return {_key(k): decode(v, seen) for k, v in value.items()}
+        if isinstance(value, (set, frozenset)):
+            value = _default(value)
+        return [decode(v, seen) for v in value]
+    return _default(value)
+
+
+def dumps(value: Any) -> str:
+    """Salt's JSON text of ``value``; never raises for odd values."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=_default)
+    except (TypeError, ValueError, RecursionError):
+        # bytes or tuple keys, or a reference cycle: clean a copy and try again
+        return json.dumps(decode(value), ensure_ascii=False, default=_default)
+
+
+def dumps_ret(ret: dict[str, Any]) -> tuple[str, str]:
+    """``(JSON of the whole ret, JSON of ret["return"])``, encoding the return value only once."""
+    if "return" not in ret:
+        return dumps(ret), "null"
+    if isinstance(ret["return"], (bool, int, float, type(None))):
+        return dumps(ret), dumps(ret["return"])  # small: encoding twice is cheaper than splicing
+    value = dumps(ret["return"])
+    shell = dict(ret)
+    shell["return"] = _MARK
+    whole = dumps(shell)
+    return whole.replace(_MARK_JSON, value, 1), value
+
+
+def loads(text: str | bytes | None, default: Any = None) -> Any:
+    """Parse stored JSON; text that is not JSON (a row written by hand) comes back as it is."""
+    if text is None:
+        return default
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,499 @@
+"""Salt's ``mysql`` returner (MySQL, MariaDB) over PyMySQL: Salt's tables, values and options."""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+import threading
+import time
+from typing import Any, Callable, Mapping, TypeVar
+
+import pymysql
+
+from saline.returners import _json
+from saline.returners._sql import FIND_JOB_LIKE, cutoff_jid, jids_filter_listing, jids_listing, one_line, prepare_returns
+from saline.returners.base import BackendUnavailable, Option, Returner, ReturnerError
+from saline.returners.options import scrub, secret_values
+
+T = TypeVar("T")
+
+TABLES = ("jids", "salt_returns", "salt_events")
+
+# Salt's DDL, with one change: utf8mb4 instead of utf8 (MariaDB's 3-byte utf8mb3), so emoji and
+# other characters beyond the BMP are stored as they are. Columns, types and keys are Salt's.
+DDL = {
+    "jids": """CREATE TABLE IF NOT EXISTS `jids` (
+  `jid` varchar(255) NOT NULL,
+  `load` mediumtext NOT NULL,
+  UNIQUE KEY `jid` (`jid`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    "salt_returns": """CREATE TABLE IF NOT EXISTS `salt_returns` (
+  `fun` varchar(50) NOT NULL,
+  `jid` varchar(255) NOT NULL,
+  `return` mediumtext NOT NULL,
+  `id` varchar(255) NOT NULL,
+  `success` varchar(10) NOT NULL,
+  `full_ret` mediumtext NOT NULL,
+  `alter_time` TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+  KEY `id` (`id`),
+  KEY `jid` (`jid`),
+  KEY `fun` (`fun`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    "salt_events": """CREATE TABLE IF NOT EXISTS `salt_events` (
+  `id` BIGINT NOT NULL AUTO_INCREMENT,
+  `tag` varchar(255) NOT NULL,
+  `data` mediumtext NOT NULL,
+  `alter_time` TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+  `master_id` varchar(255) NOT NULL,
+  PRIMARY KEY (`id`),
+  KEY `tag` (`tag`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+}
+
+_INSERT_RETURN = ("INSERT INTO `salt_returns` (`fun`, `jid`, `return`, `id`, `success`, `full_ret`) "
+                  "VALUES (%s, %s, %s, %s, %s, %s)")
+# a jid already stored keeps its first load (Salt ignores the duplicate-key error); unlike
+# INSERT IGNORE this still fails loudly on anything else (a value too long, a missing column)
+_INSERT_LOAD = "INSERT INTO `jids` (`jid`, `load`) VALUES (%s, %s) ON DUPLICATE KEY UPDATE `jid` = `jid`"
+_INSERT_EVENT = "INSERT INTO `salt_events` (`tag`, `data`, `master_id`) VALUES (%s, %s, %s)"
+_GET_FUN = ("SELECT s.`id`, s.`full_ret` FROM `salt_returns` s JOIN "
+            "(SELECT `id`, MAX(`jid`) AS `jid` FROM `salt_returns` WHERE `fun` = %s GROUP BY `id`) latest "
+            "ON s.`id` = latest.`id` AND s.`jid` = latest.`jid` WHERE s.`fun` = %s")
+_GET_JIDS_FILTER = ("SELECT * FROM (SELECT DISTINCT `jid`, `load` FROM `jids` {where} "
+                    "ORDER BY `jid` DESC LIMIT %s) `tmp` ORDER BY `jid`")
+
+# MySQL/MariaDB error numbers (server ER_*, client CR_*)
+_ACCESS_DENIED, _DB_ACCESS_DENIED, _BAD_DB, _NO_TABLE = 1045, 1044, 1049, 1146
+_TABLE_DENIED, _BAD_FIELD, _DATA_TOO_LONG, _BAD_STRING, _PACKET_TOO_BIG = 1142, 1054, 1406, 1366, 1153
+_SSL_ERROR = 2026
+# the connection is gone: reconnect and try once more
+_DISCONNECTED = {0, 2006, 2013, 2014, 2055, 1053, 1927, 4031}
+# the server cannot take the work now but will later: the framework retries
+_TRANSIENT = _DISCONNECTED | {2002, 2003, 2005, 1040, 1203, 1205, 1213, 1226, 1290, 1836}
+_MEDIUMTEXT = 16 * 1024 * 1024 - 1
+_WIDTHS = {"fun": 50, "id": 255, "tag": 255, "master_id": 255}
+
+_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
+
+
+def _escape_astral(json_text: str) -> str:
+    """JSON-escape characters beyond the BMP (``\\ud83d\\ude00``): the same JSON, storable in a
+    3-byte ``utf8`` column. Such characters only occur inside JSON strings, so this is exact."""
+
+    def pair(match: re.Match[str]) -> str:
+        code = ord(match.group()) - 0x10000
+        return "\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF))
+
+    return _ASTRAL.sub(pair, json_text)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):  # a multi-function job: test.ping,test.echo
+        return ",".join(map(str, value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+class MysqlReturner(Returner):
+    """Salt's ``mysql`` returner: job returns, loads and events in MySQL or MariaDB, Salt's tables.
+
+    Tables (Salt's DDL; ``saline-run returners.init mysql`` creates them, and the database when
+    it is missing; tables a user made from Salt's documentation work as they are)::
+
+        jids(jid varchar(255) UNIQUE, load mediumtext)
+        salt_returns(fun varchar(50), jid varchar(255), return mediumtext, id varchar(255),
+                     success varchar(10), full_ret mediumtext,
+                     alter_time TIMESTAMP DEFAULT CURRENT_TIMESTAMP; KEY id, KEY jid, KEY fun)
+        salt_events(id BIGINT AUTO_INCREMENT PRIMARY KEY, tag varchar(255), data mediumtext,
+                    alter_time TIMESTAMP DEFAULT CURRENT_TIMESTAMP, master_id varchar(255); KEY tag)
+
+    Values, as Salt writes them: ``salt_returns.return`` is the JSON of the return value
+    (``true`` for ``test.ping``), ``full_ret`` the JSON of the whole return load (``id``,
+    ``jid``, ``fun``, ``fun_args``, ``return``, ``retcode``, ``success``, ``_stamp`` …),
+    ``success`` the text ``1`` or ``0``; ``jids.load`` the JSON of the job's load (a jid already
+    there keeps its first load); ``salt_events.data`` the JSON of the event data and
+    ``master_id`` the master's id. JSON is Salt's (``ensure_ascii=False``, default spacing);
+    bytes are stored as text and values JSON has no form for (sets, objects) as lists or their
+    ``repr``, so an odd return never fails a batch.
+
+    Differences from Salt: ``returners.init`` creates the tables with ``utf8mb4`` (Salt's DDL
+    says ``utf8``, MariaDB's 3-byte charset, which cannot hold emoji); on tables created with
+    ``utf8``, characters beyond the BMP are written as JSON escapes (``\\ud83d\\ude00``) in the
+    JSON columns, which read back as the same text, and replaced by U+FFFD in ``id``/``fun``/
+    ``tag``. ``fun`` is cut to its 50 characters and ``id``/``tag`` to 255 rather than failing the
+    batch (``full_ret`` keeps the whole). A return delivered twice (a retried batch) is stored
+    once: before inserting, a batch looks up the rows it would duplicate (same ``jid``, ``id``
+    and ``fun``) through the ``jid`` index in the same transaction. ``salt_returns`` has no
+    unique key in Salt's DDL, so two masters delivering the very same return at the very same
+    moment could still both insert it. ``clean_old_jobs`` deletes a ``jids`` row only when every
+    return of the job is older than ``keep_jobs_seconds`` (a job without returns: when its jid is);
+    with ``archive_jobs`` the rows are first copied into ``jids_archive``,
+    ``salt_returns_archive`` and ``salt_events_archive``.
+
+    One connection per returner, opened on first use, kept, and opened again (once, at once)
+    when the server went away; a batch is one transaction with a multi-row ``INSERT``. With
+    ``ssl_ca``/``ssl_cert``/``ssl_key`` set, TLS is required (a server without TLS is an error,
+    not a silent plain-text connection); with none set, TLS is not used.
+
+    Example query::
+
+        SELECT id, `return`, alter_time FROM salt_returns
+        WHERE fun = 'test.ping' AND success = '0' ORDER BY alter_time DESC LIMIT 20;
+    """
+
+    name = "mysql"
+    extra = "mysql"
+    summary = "Salt's mysql returner: returns, loads and events in MySQL/MariaDB (Salt's tables)"
+    options = (
+        Option("host", str, "salt", doc="server host name or address"),
+        Option("user", str, "salt", doc="user name"),
+        Option("pass", str, "salt", secret=True, doc="password"),
+        Option("db", str, "salt", doc="database holding Salt's tables"),
+        Option("port", int, 3306, doc="server port"),
+        Option("ssl_ca", str, None, doc="CA certificate file; setting any ssl_* option requires TLS"),
+        Option("ssl_cert", str, None, doc="client certificate file"),
+        Option("ssl_key", str, None, doc="client private key file"),
+        Option("create_schema", bool, False, doc="create missing tables on first connect (saline)"),
+        Option("connect_timeout", int, 5, doc="seconds to wait when connecting (saline)"),
+    )
+
+    def __init__(self, options: Mapping[str, Any], master_opts: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options, master_opts)
+        self._conn: pymysql.connections.Connection | None = None
+        self._pid = 0
+        self._lock = threading.RLock()
+        self._secrets = secret_values(type(self), self.opts)
+        self._narrow = False  # tables in 3-byte utf8: escape characters beyond the BMP
+        self._max_packet = 16 * 1024 * 1024
+        self._where = f"{self.opts.get('host')}:{self.opts.get('port')}"
+
+    # -- connection -----------------------------------------------------------------------------
+    def ssl_options(self) -> dict[str, str]:
+        """The ``ssl=`` dict given to PyMySQL (Salt's): ``ca``, ``cert``, ``key`` when set."""
+        pairs = (("ca", "ssl_ca"), ("cert", "ssl_cert"), ("key", "ssl_key"))
+        return {key: str(self.opts[opt]) for key, opt in pairs if self.opts.get(opt)}
+
+    def connect_args(self, database: bool = True) -> dict[str, Any]:
+        """The keyword arguments of ``pymysql.connect``."""
+        tls = self.ssl_options()
+        args: dict[str, Any] = {
+            "host": self.opts.get("host") or "salt",
+            "port": int(self.opts.get("port") or 3306),
+            "user": self.opts.get("user") or "",
+            "password": self.opts.get("pass") or "",
+            "charset": "utf8mb4",
+            "autocommit": False,
+            "connect_timeout": int(self.opts.get("connect_timeout") or 5),
+        }
+        if database:
+            args["database"] = self.opts.get("db") or "salt"
+        if tls:
+            args["ssl"] = tls
+        else:
+            args["ssl_disabled"] = True
+        return args
+
+    def _open(self, database: bool = True) -> pymysql.connections.Connection:
+        try:
+            return pymysql.connect(**self.connect_args(database))
+        except pymysql.MySQLError as exc:
+            raise self._error(exc, connecting=True) from None
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # reading ssl_ca/ssl_cert/ssl_key failed, or a socket error outside the driver's net
+            if self.ssl_options() and not isinstance(exc, (ConnectionError, TimeoutError)):
+                raise ReturnerError(self._line(f"cannot set up TLS from ssl_ca/ssl_cert/ssl_key: {one_line(exc)}")) from None
+            raise BackendUnavailable(self._line(f"cannot connect to {self._where}: {one_line(exc)}")) from None
+
+    def _connection(self) -> pymysql.connections.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        self._conn = None  # a connection inherited through fork() belongs to the parent
+        try:
+            conn = self._open()
+        except ReturnerError as exc:
+            if getattr(exc, "code", 0) != _BAD_DB or not self.opts.get("create_schema"):
+                raise
+            self._create_database()
+            conn = self._open()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@max_allowed_packet")
+                self._max_packet = int(cur.fetchone()[0])
+                if self.opts.get("create_schema"):
+                    for ddl in DDL.values():
+                        cur.execute(ddl)
+                self._probe_charset(cur)
+            conn.commit()
+        except pymysql.MySQLError as exc:
+            conn.close()
+            raise self._error(exc) from None
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _probe_charset(self, cur: Any) -> None:
+        cur.execute("SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME IN ('jids', 'salt_returns', 'salt_events') "
+                    "AND CHARACTER_SET_NAME IS NOT NULL AND CHARACTER_SET_NAME <> 'utf8mb4'")
+        self._narrow = bool(cur.fetchone()[0])
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            try:
+                conn.close()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+    def _run(self, work: Callable[[Any], T]) -> T:
+        """Run ``work(cursor)`` in one transaction; reconnect and retry once if the server went away."""
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self._connection()
+                try:
+                    with conn.cursor() as cur:
+                        result = work(cur)
+                    conn.commit()
+                    return result
+                except pymysql.MySQLError as exc:
+                    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+                    if code in _DISCONNECTED or isinstance(exc, pymysql.err.InterfaceError):
+                        self._drop()
+                        if attempt == 1:
+                            continue
+                    else:
+                        try:
+                            conn.rollback()
+                        except pymysql.MySQLError:
+                            self._drop()
+                    raise self._error(exc) from None
+                except BaseException:
+                    try:  # e.g. a return too large to send: leave no transaction open
+                        conn.rollback()
+                    except pymysql.MySQLError:
+                        self._drop()
+                    raise
+            raise AssertionError("unreachable")  # the loop returns or raises
+
+    # -- errors ---------------------------------------------------------------------------------
+    def _line(self, text: str) -> str:
+        return scrub(f"returner mysql: {one_line(text)}", self._secrets)
+
+    def _error(self, exc: BaseException, connecting: bool = False) -> ReturnerError:
+        error = self._describe(exc, connecting)
+        error.code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0  # type: ignore[attr-defined]
+        return error
+
+    def _describe(self, exc: BaseException, connecting: bool) -> ReturnerError:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        text = one_line(exc.args[1] if len(exc.args) > 1 else exc)
+        db = self.opts.get("db") or "salt"
+        if code == _ACCESS_DENIED:
+            found = re.search(r"for user ('[^']*'@'[^']*')", text)
+            who = found.group(1) if found else repr(self.opts.get("user"))
+            return ReturnerError(self._line(f"access denied for user {who} (check mysql.user and mysql.pass)"))
+        if code == _BAD_DB:
+            return ReturnerError(self._line(f"database '{db}' does not exist on {self._where} "
+                                            f"(run: saline-run returners.init mysql)"))
+        if code == _NO_TABLE:
+            found = re.search(r"Table '([^']+)' doesn't exist", text)
+            table = found.group(1) if found else "?"
+            return ReturnerError(self._line(f"table {table} does not exist (run: saline-run returners.init mysql)"))
+        if code in (_DB_ACCESS_DENIED, _TABLE_DENIED):
+            return ReturnerError(self._line(f"{text[:1].lower()}{text[1:]} (grant SELECT, INSERT, DELETE on `{db}`)"))
+        if code == _BAD_FIELD:
+            return ReturnerError(self._line(f"a table does not have Salt's columns: {text} "
+                                            f"(see docs/returners/mysql.md)"))
+        if code == _SSL_ERROR:
+            return ReturnerError(self._line(f"TLS failed with {self._where}: {text} (mysql.ssl_ca/ssl_cert/ssl_key)"))
+        if code in _TRANSIENT or isinstance(exc, pymysql.err.InterfaceError):
+            detail = text or "connection lost"
+            if connecting or code in (2002, 2003, 2005):
+                # "Can't connect to MySQL server on 'h' ([Errno 111] Connection refused)" -> the reason
+                found = re.search(r"\((?:\[Errno -?\d+\] )?([^()]*)\)\s*$", detail)
+                reason = found.group(1).lower() if found else detail
+                return BackendUnavailable(self._line(f"cannot connect to {self._where} ({reason})"))
+            return BackendUnavailable(self._line(f"{detail} ({self._where})"))
+        return ReturnerError(self._line(f"{text} (error {code})" if code else text))
+
+    def _check_size(self, ret: dict[str, Any], *texts: str) -> None:
+        total = sum(len(t) for t in texts)
+        if total * 4 < min(self._max_packet, _MEDIUMTEXT) - 65536:
+            return  # even at 4 bytes a character it fits
+        sizes = [len(t.encode("utf-8", errors="replace")) for t in texts]
+        where = f"the return of {ret.get('id')} for job {ret.get('jid')}"
+        if max(sizes) > _MEDIUMTEXT:
+            raise ReturnerError(self._line(f"{where} is {max(sizes)} bytes of JSON, more than a mediumtext "
+                                           f"column holds ({_MEDIUMTEXT})"))
+        if sum(sizes) + 65536 > self._max_packet:
+            raise ReturnerError(self._line(f"{where} needs {sum(sizes)} bytes, more than the server's "
+                                           f"max_allowed_packet ({self._max_packet}): raise it"))
+
+    # -- write side -----------------------------------------------------------------------------
+    def _return_rows(self, rets: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        rows = []
+        for ret in rets:
+            full, value = _json.dumps_ret(ret)
+            self._check_size(ret, full, value)
+            fun, jid, minion = _text(ret.get("fun")), _text(ret.get("jid")), _text(ret.get("id"))
+            if self._narrow:
+                full, value = _escape_astral(full), _escape_astral(value)
+                fun, jid, minion = (_ASTRAL.sub("\ufffd", t) for t in (fun, jid, minion))
+            rows.append((fun[:_WIDTHS["fun"]], jid, value, minion[:_WIDTHS["id"]], bool(ret.get("success")), full))
+        return rows
+
+    def returns(self, rets: list[dict[str, Any]]) -> None:
+        rets, req_loads = prepare_returns(self, rets)
+        if req_loads:
+            self.save_loads(req_loads)
+        if not rets:
+            return
+
+        def work(cur: Any) -> None:
+            rows = self._return_rows(rets)  # after connecting: the charset of the tables is known
+            cur.execute(
+                "SELECT `jid`, `id`, `fun` FROM `salt_returns` WHERE `jid` IN ({}) AND `id` IN ({})".format(
+                    ", ".join(["%s"] * len({r[1] for r in rows})), ", ".join(["%s"] * len({r[3] for r in rows}))),
+                [*sorted({r[1] for r in rows}), *sorted({r[3] for r in rows})])
+            seen = {tuple(r) for r in cur.fetchall()}
+            fresh = []
+            for row in rows:
+                key = (row[1], row[3], row[0])
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(row)
+            if fresh:
+                cur.executemany(_INSERT_RETURN, fresh)
+
+        self._run(work)
+
+    def save_loads(self, loads: list[tuple[str, dict[str, Any], list[str] | None]]) -> None:
+        if not loads:
+            return
+
+        def work(cur: Any) -> None:
+            rows = []
+            for jid, load, _ in loads:
+                text = _json.dumps(load)
+                self._check_size({"id": "(load)", "jid": jid}, text)
+                rows.append((_text(jid), _escape_astral(text) if self._narrow else text))
+            cur.executemany(_INSERT_LOAD, rows)
+
+        self._run(work)
+
+    def event_returns(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        master = self.master_id[:_WIDTHS["master_id"]]
+
+        def work(cur: Any) -> None:
+            rows = []
+            for event in events:
+                tag, data = _text(event.get("tag")), _json.dumps(event.get("data"))
+                self._check_size({"id": "(event)", "jid": tag}, data)
+                if self._narrow:
+                    tag, data = _ASTRAL.sub("\ufffd", tag), _escape_astral(data)
+                rows.append((tag[:_WIDTHS["tag"]], data, master))
+            cur.executemany(_INSERT_EVENT, rows)
+
+        self._run(work)
+
+    # -- read side ------------------------------------------------------------------------------
+    def _fetch(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        def work(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
+        return self._run(work)
+
+    def get_load(self, jid: str) -> dict[str, Any]:
+        rows = self._fetch("SELECT `load` FROM `jids` WHERE `jid` = %s", (jid,))
+        load = _json.loads(rows[0][0], {}) if rows else {}
+        return load if isinstance(load, dict) else {}
+
+    def get_jid(self, jid: str) -> dict[str, Any]:
+        rows = self._fetch("SELECT `id`, `full_ret` FROM `salt_returns` WHERE `jid` = %s", (jid,))
+        return {minion: _json.loads(full) for minion, full in rows}
+
+    def get_fun(self, fun: str) -> dict[str, Any]:
+        """For each minion, the whole return of its newest job that ran ``fun``."""
+        return {minion: _json.loads(full) for minion, full in self._fetch(_GET_FUN, (fun, fun))}
+
+    def get_jids(self) -> dict[str, Any]:
+        return jids_listing(self._fetch("SELECT DISTINCT `jid`, `load` FROM `jids`"))
+
+    def get_jids_filter(self, count: int, filter_find_job: bool = True) -> list[dict[str, Any]]:
+        where = "WHERE `load` NOT LIKE %s" if filter_find_job else ""
+        args = (FIND_JOB_LIKE, int(count)) if filter_find_job else (int(count),)
+        return jids_filter_listing(self._fetch(_GET_JIDS_FILTER.format(where=where), args))
+
+    def get_minions(self) -> list[str]:
+        return sorted(r[0] for r in self._fetch("SELECT DISTINCT `id` FROM `salt_returns`"))
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    def clean_old_jobs(self) -> None:
+        """Delete (or archive, then delete) what is older than ``keep_jobs_seconds``."""
+        keep = self.keep_jobs_seconds
+        if keep <= 0:
+            return
+        archive = bool(self.master_opts.get("archive_jobs"))
+        old_jid = cutoff_jid(keep)
+        # a job goes when none of its returns is recent, and it has old returns or an old jid
+        old_jobs = ("NOT EXISTS (SELECT 1 FROM `salt_returns` r WHERE r.`jid` = `jids`.`jid` AND r.`alter_time` >= @cutoff) "
+                    "AND (`jids`.`jid` < %s OR EXISTS (SELECT 1 FROM `salt_returns` r WHERE r.`jid` = `jids`.`jid`))")
+
+        def work(cur: Any) -> None:
+            if archive:
+                # CREATE TABLE commits implicitly: done before the transaction's first write
+                for table in TABLES:
+                    cur.execute(f"CREATE TABLE IF NOT EXISTS `{table}_archive` LIKE `{table}`")
+            cur.execute("SET @cutoff = NOW() - INTERVAL %s SECOND", (int(keep),))
+            if archive:
+                cur.execute(f"INSERT IGNORE INTO `jids_archive` SELECT * FROM `jids` WHERE {old_jobs}", (old_jid,))
+                cur.execute("INSERT INTO `salt_returns_archive` SELECT * FROM `salt_returns` WHERE `alter_time` < @cutoff")
+                cur.execute("INSERT IGNORE INTO `salt_events_archive` SELECT * FROM `salt_events` WHERE `alter_time` < @cutoff")
+            cur.execute(f"DELETE FROM `jids` WHERE {old_jobs}", (old_jid,))
+            cur.execute("DELETE FROM `salt_returns` WHERE `alter_time` < @cutoff")
+            cur.execute("DELETE FROM `salt_events` WHERE `alter_time` < @cutoff")
+
+        self._run(work)
+
+    def _create_database(self) -> None:
+        conn = self._open(database=False)
+        try:
+            with conn.cursor() as cur:
+                db = str(self.opts.get("db") or "salt").replace("`", "``")
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{db}` DEFAULT CHARACTER SET utf8mb4")
+        except pymysql.MySQLError as exc:
+            raise self._error(exc) from None
+        finally:
+            conn.close()
+
+    def init_schema(self) -> None:
+        """Create the database (when missing and the user may) and Salt's three tables."""
+        with self._lock:
+            try:
+                self._connection()
+            except ReturnerError as exc:
+                if getattr(exc, "code", 0) != _BAD_DB:
+                    raise
+                self._create_database()
+
+            def work(cur: Any) -> None:
+                for ddl in DDL.values():
+                    cur.execute(ddl)
+                self._probe_charset(cur)
+
+            self._run(work)
+
+    def check(self) -> None:
+        """The server answers and Salt's three tables are there."""
+        self._fetch("SELECT (SELECT 1 FROM `jids` LIMIT 0), (SELECT 1 FROM `salt_returns` LIMIT 0), "
+                    "(SELECT 1 FROM `salt_events` LIMIT 0)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()

@@ -1,0 +1,59 @@
+"""Contract case: multi_returner fanning out to saline_cache and sqlite3."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from tests.contract.harness import ContractCase
+
+
+def path_under_a_file(tmp_path: Path, name: str) -> str:
+    """A path no process can create: its parent is a regular file."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be\n")
+    return str(blocker / name)
+
+
+def sqlite_count(database: str, sql: str, *args: Any) -> int:
+    conn = sqlite3.connect(database)
+    try:
+        return int(conn.execute(sql, args).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _paths(tmp_path: Path) -> tuple[str, str]:
+    return str(tmp_path / "multi" / "jobs.db"), str(tmp_path / "multi" / "salt.db")
+
+
+def _config(values: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    cache, salt = _paths(tmp_path)
+    return {"multi_returner": ["saline_cache", "sqlite3"], "saline_cache.database": cache, "sqlite3.database": salt}
+
+
+def _count(values: dict[str, Any], tmp_path: Path, jid: str) -> int:
+    # both must hold the returns: the smaller count is what every returner has
+    cache, salt = _paths(tmp_path)
+    return min(sqlite_count(cache, "SELECT COUNT(*) FROM returns WHERE jid = ?", jid),
+               sqlite_count(salt, "SELECT COUNT(*) FROM salt_returns WHERE jid = ?", jid))
+
+
+def _count_events(values: dict[str, Any], tmp_path: Path, jid: str) -> int:
+    cache, salt = _paths(tmp_path)
+    return min(sqlite_count(cache, "SELECT COUNT(*) FROM events WHERE tag LIKE ?", f"%{jid}%"),
+               sqlite_count(salt, "SELECT COUNT(*) FROM salt_events WHERE tag LIKE ?", f"%{jid}%"))
+
+
+CASES = [
+    ContractCase(
+        name="multi_returner",
+        fixtures=(),
+        config=_config,
+        unreachable=lambda values, tmp_path: {"sqlite3.database": path_under_a_file(tmp_path, "salt.db")},
+        extra={"count": _count, "count_events": _count_events, "duplicates": "ignored",
+               # --return_kwargs naming only the reachable returner makes the broken config work
+               "kwargs": lambda values, tmp_path: {"multi_returner": ["saline_cache"]}},
+    ),
+]
