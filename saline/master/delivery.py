@@ -1,0 +1,518 @@
+"""Delivery: one worker thread per returner, draining the outbox in batches, with retries.
+
+The master turns each return, job load and event into :class:`~saline.master.outbox.Item` s
+(``items_for_return``, ``items_for_load``, ``items_for_event``) and hands them to ``submit``, which
+stores them durably and wakes the workers concerned. A worker:
+
+1. takes up to ``returner_batch_size`` due items, oldest first. When fewer are there, it waits for
+   more, but never past ``returner_batch_wait_ms`` after the oldest of them was stored, so a lone
+   item is delayed by that much at most;
+2. groups them by (kind, ``ret_config``, ``ret_kwargs``) and calls the batch form (``returns``,
+   ``save_loads``, ``event_returns``; ``save_minions`` item by item) on a returner instance made by
+   ``registry.create`` and kept per (``ret_config``, ``ret_kwargs``): one pooled connection each,
+   closed after ``IDLE_CLOSE_SECONDS`` unused;
+3. acks what was stored. What failed is retried after an exponential backoff with full jitter
+   (a random delay in [0, min(0.2 s * 2**attempts, ``returner_retry_max_seconds``)]); when nothing
+   in the batch got through, the worker itself pauses that long, so a dead backend is not hammered
+   with every queued item. A batch that fails with anything but :class:`BackendUnavailable` is
+   split in halves, again and again, so one poison item cannot hold back the others; it ends up
+   alone, and once its first failure is older than ``returner_dead_after_seconds`` it goes to the
+   dead letters (``replay`` brings them back). A :class:`ConfigError` from creating the returner
+   (a wrong option) is handled the same way: the items wait until the config is fixed.
+
+Each failed batch logs ONE line at WARNING naming the returner and the cause, with secret option
+values scrubbed (a traceback only at DEBUG). Nothing is dropped silently: an item leaves the outbox
+only when a returner stored it or when it is buried as a dead letter, which is counted and logged.
+
+Salt's ``event_return_queue`` / ``event_return_queue_max_seconds`` map onto the batching of event
+items: when a worker has only events due and ``event_return_queue`` is N > 0, it holds them until
+N are there (at most ``returner_batch_size``) or the oldest has waited
+``event_return_queue_max_seconds`` (without that limit, until N are there, as Salt does; ``flush``
+sends them at once). The events are in the outbox meanwhile, so holding them loses nothing. With
+``event_return_queue`` 0 (Salt's default: send at once), events batch like returns, within
+``returner_batch_wait_ms``.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import logging
+import math
+import random
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+from saline.config import ConfigError, returner_names
+from saline.master.outbox import Item, Outbox, OutboxError, Row, kwargs_key
+from saline.returners import registry
+from saline.returners.base import BackendUnavailable, Returner
+from saline.returners.options import masked, resolve, scrub, secret_values
+
+log = logging.getLogger(__name__)
+
+#: a returner instance unused this long is closed (its connection released)
+IDLE_CLOSE_SECONDS = 60.0
+#: the first retry delay bound; it doubles with each attempt up to ``returner_retry_max_seconds``
+RETRY_BASE_SECONDS = 0.2
+#: the window of the throughput figure
+THROUGHPUT_WINDOW = 60.0
+
+_UNAVAILABLE = (BackendUnavailable, ConnectionError, TimeoutError)
+_METHOD = {"ret": "returns", "load": "save_loads", "event": "event_returns", "minions": "save_minions"}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def backoff(attempts: int, cap: float) -> float:
+    """A full-jitter delay for an item that failed ``attempts`` times before this failure."""
+    bound = min(cap, RETRY_BASE_SECONDS * 2 ** min(attempts, 62))
+    return random.uniform(0.0, max(bound, 0.0))
+
+
+class Delivery:
+    """The returner workers of one master; see the module docstring."""
+
+    def __init__(self, master_opts: Mapping[str, Any], outbox: Outbox) -> None:
+        self.opts = master_opts
+        self.outbox = outbox
+        self.batch_size = max(1, int(master_opts.get("returner_batch_size") or 1000))
+        self.batch_wait = max(0.0, float(master_opts.get("returner_batch_wait_ms") or 0) / 1000.0)
+        self.retry_max = max(0.0, float(master_opts.get("returner_retry_max_seconds") or 60))
+        self.dead_after = float(master_opts.get("returner_dead_after_seconds") or 86400)
+        self.event_queue = int(master_opts.get("event_return_queue") or 0)
+        self.event_queue_seconds = float(master_opts.get("event_return_queue_max_seconds") or 0)
+        self.whitelist = list(master_opts.get("event_return_whitelist") or [])
+        self.blacklist = list(master_opts.get("event_return_blacklist") or [])
+        self._lock = threading.Lock()
+        self._workers: dict[str, _Worker] = {}
+        self._classes: dict[str, type[Returner]] = {}
+        self._checked: set[tuple[str, str, str]] = set()
+        self._started = False
+        self._stopping = False
+        self._flushing = 0
+        registry.load_dirs(list(master_opts.get("returner_dirs") or []))
+        self.event_names: list[str] = []
+        for name in returner_names(master_opts.get("event_return")):
+            if not self._class(name).supports("event_returns"):
+                raise ConfigError(f"option 'event_return': returner {name} has no event_return")
+            self.event_names.append(name)
+
+    # -- what to send where -------------------------------------------------------------------
+    def _class(self, name: str) -> type[Returner]:
+        cls = self._classes.get(name)
+        if cls is None:
+            cls = self._classes[name] = registry.get_class(name)  # ConfigError when unknown
+        return cls
+
+    def items_for_return(self, names: list[str], ret: dict, ret_config: str | None = None,
+                         ret_kwargs: dict | None = None) -> list[Item]:
+        """One ``ret`` item per named returner that stores returns; ConfigError for an unknown name."""
+        return [Item(n, "ret", ret, ret_config, ret_kwargs) for n in names if self._class(n).supports("returns")]
+
+    def items_for_load(self, names: list[str], jid: str, load: dict, minions: list[str] | None,
+                       ret_config: str | None = None, ret_kwargs: dict | None = None) -> list[Item]:
+        """One ``load`` item per named returner that stores loads. Called at publish time, it also
+        resolves each returner's options (once per combination), so an unknown returner, a missing
+        driver or a bad ``--return_kwargs`` is a ConfigError for the CLI, not a retry loop later."""
+        for name in names:
+            self.validate(name, ret_config, ret_kwargs)
+        payload = {"jid": jid, "load": load, "minions": minions}
+        return [Item(n, "load", payload, ret_config, ret_kwargs) for n in names if self._class(n).supports("save_loads")]
+
+    def items_for_minions(self, names: list[str], jid: str, minions: list[str],
+                          syndic_id: str | None = None) -> list[Item]:
+        """One ``minions`` item per named returner that keeps the expected minions of a job."""
+        payload = {"jid": jid, "minions": minions, "syndic_id": syndic_id}
+        return [Item(n, "minions", payload) for n in names if self._class(n).supports("save_minions")]
+
+    def items_for_event(self, tag: str, data: dict) -> list[Item]:
+        """One ``event`` item per ``event_return`` returner, when the tag passes
+        ``event_return_whitelist`` (if set) and not ``event_return_blacklist`` (fnmatch globs)."""
+        if not self.event_names:
+            return []
+        if self.whitelist and not any(fnmatch.fnmatch(tag, g) for g in self.whitelist):
+            return []
+        if any(fnmatch.fnmatch(tag, g) for g in self.blacklist):
+            return []
+        payload = {"tag": tag, "data": data}
+        return [Item(n, "event", payload) for n in self.event_names]
+
+    def validate(self, name: str, ret_config: str | None = None, ret_kwargs: dict | None = None) -> None:
+        """Raise ConfigError when ``name`` with these options cannot be created."""
+        key = (name, ret_config or "", kwargs_key(ret_kwargs))
+        if key in self._checked:
+            return
+        resolve(self._class(name), self.opts, ret_config, ret_kwargs)
+        self._checked.add(key)
+
+    # -- running --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start a worker for every returner that has items waiting (from before a restart)."""
+        with self._lock:
+            self._started = True
+            self._stopping = False
+        for name, c in self.outbox.counts().items():
+            if c["pending"]:
+                self._worker(name).wake()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let each worker finish the batch in flight, then close its returner connections."""
+        with self._lock:
+            self._stopping = True
+            self._started = False
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for w in workers:
+            w.wake()
+        deadline = time.monotonic() + timeout
+        for w in workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+            if w.is_alive():
+                log.warning("returner %s: worker still busy after %.0f s; its unacked items stay in the outbox",
+                            w.returner, timeout)
+
+    def submit(self, items: Sequence[Item]) -> None:
+        """Store ``items`` durably (OutboxError when that fails) and wake their workers."""
+        if not items:
+            return
+        self.outbox.put(items)
+        per: dict[str, int] = collections.Counter(it.returner for it in items)
+        if not self._started:
+            return
+        for name, n in per.items():
+            self._worker(name).wake(n)
+
+    def replay(self, name: str) -> int:
+        """Move the dead letters of ``name`` back to the queue; how many."""
+        n = self.outbox.replay(name)
+        if n and self._started:
+            self._worker(name).wake()
+        return n
+
+    def flush(self, timeout: float, returner: str | None = None) -> bool:
+        """Wait until nothing is pending (for ``returner`` only, when given); False on timeout.
+        Events held for ``event_return_queue`` go at once meanwhile."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._flushing += 1
+        try:
+            if self._started:
+                for name, c in self.outbox.counts().items():
+                    if c["pending"] and returner in (None, name):
+                        self._worker(name).wake()
+            while self.outbox.has_pending(returner):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+            return True
+        finally:
+            with self._lock:
+                self._flushing -= 1
+
+    def _worker(self, name: str) -> "_Worker":
+        with self._lock:
+            w = self._workers.get(name)
+            if w is None or not w.is_alive():
+                w = self._workers[name] = _Worker(self, name)
+                w.start()
+            return w
+
+    # -- health -----------------------------------------------------------------------------------
+    def status(self) -> dict[str, dict]:
+        """Per returner: delivered, pending, retrying, dead, buried, last_error (scrubbed),
+        last_error_time, last_success_time, throughput (items/s over the last 60 s),
+        oldest_pending_age_s, backoff_s (how long the worker still pauses) and options (masked)."""
+        counts = self.outbox.counts()
+        with self._lock:
+            workers = dict(self._workers)
+        names = set(counts) | set(workers) | set(self.event_names) | set(returner_names(self.opts.get("return")))
+        now = time.time()
+        out: dict[str, dict] = {}
+        for name in sorted(names):
+            c = counts.get(name, {})
+            w = workers.get(name)
+            secrets = self._secrets(name, None, None)
+            oldest = c.get("oldest_enqueued")
+            err = c.get("last_error")
+            out[name] = {
+                "delivered": c.get("delivered", 0),
+                "pending": c.get("pending", 0),
+                "retrying": c.get("retrying", 0),
+                "dead": c.get("dead", 0),
+                "buried": c.get("buried", 0),
+                "last_error": scrub(err, secrets) if err else None,
+                "last_error_time": c.get("last_error_time"),
+                "last_success_time": c.get("last_success_time"),
+                "throughput": round(w.throughput(), 1) if w else 0.0,
+                "oldest_pending_age_s": round(max(0.0, now - oldest), 3) if oldest else 0.0,
+                "backoff_s": round(max(0.0, w.paused_until - now), 3) if w else 0.0,
+                "options": self._shown_options(name, secrets),
+            }
+        return out
+
+    def _shown_options(self, name: str, secrets: list[str]) -> dict[str, Any]:
+        try:
+            cls = self._class(name)
+            return masked(cls, resolve(cls, self.opts))
+        except Exception as exc:  # the status shows the config problem instead of failing
+            return {"error": scrub(_one_line(exc), secrets)}
+
+    def _secrets(self, name: str, ret_config: str | None, ret_kwargs: dict | None) -> list[str]:
+        """Every secret option value this returner could be using, to scrub from messages."""
+        try:
+            cls = self._class(name)
+        except Exception:
+            return []
+        found: set[str] = set()
+        for rc, kw in ((ret_config, ret_kwargs), (ret_config, None), (None, None)):
+            try:
+                found.update(secret_values(cls, resolve(cls, self.opts, rc, kw)))
+            except Exception:
+                continue  # the options that resolve still give their secrets
+        for option in cls.options:
+            for k in (option.name, option.suffix):
+                if option.secret and ret_kwargs and ret_kwargs.get(k) not in (None, ""):
+                    found.add(str(ret_kwargs[k]))
+        return sorted(found, key=len, reverse=True)  # longest first: no partial masking
+
+
+class _Slot:
+    """A returner instance for one (ret_config, ret_kwargs), or the error that prevented it."""
+
+    def __init__(self, instance: Returner | None, secrets: list[str], error: BaseException | None = None) -> None:
+        self.instance = instance
+        self.secrets = secrets
+        self.error = error
+        self.last_used = time.monotonic()
+
+
+class _Worker(threading.Thread):
+    """Delivers the items of one returner; see the module docstring for the loop."""
+
+    def __init__(self, delivery: Delivery, returner: str) -> None:
+        super().__init__(name=f"saline-returner-{returner}", daemon=True)
+        self.d = delivery
+        self.returner = returner
+        self.cond = threading.Condition()
+        self.generation = 0   # bumped by every wake-up
+        self.submitted = 0    # items submitted so far (to know when a batch has filled up)
+        self.paused_until = 0.0
+        self.slots: dict[tuple[str, str], _Slot] = {}
+        self.recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._last_idle_check = time.monotonic()
+
+    # -- signals ------------------------------------------------------------------------------------
+    def wake(self, submitted: int = 0) -> None:
+        with self.cond:
+            self.submitted += submitted
+            self.generation += 1
+            self.cond.notify_all()
+
+    def _stopping(self) -> bool:
+        return self.d._stopping
+
+    def throughput(self) -> float:
+        now = time.time()
+        total = sum(n for t, n in list(self.recent) if now - t <= THROUGHPUT_WINDOW)
+        return total / THROUGHPUT_WINDOW
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while not self._stopping():
+                try:
+                    self._once()
+                except OutboxError as exc:
+                    log.error("returner %s: %s", self.returner, exc)
+                    with self.cond:
+                        self.cond.wait_for(self._stopping, timeout=1.0)
+                except Exception as exc:  # never let the worker die: items would sit unseen
+                    log.error("returner %s: delivery worker error: %s", self.returner, _one_line(exc),
+                              exc_info=log.isEnabledFor(logging.DEBUG))
+                    with self.cond:
+                        self.cond.wait_for(self._stopping, timeout=1.0)
+        finally:
+            self._close_slots(everything=True)
+
+    def _once(self) -> None:
+        now = time.time()
+        if self.paused_until > now:
+            with self.cond:
+                self.cond.wait_for(self._stopping, timeout=self.paused_until - now)
+            return
+        with self.cond:
+            generation, mark = self.generation, self.submitted
+        rows = self.d.outbox.take(self.returner, self.d.batch_size)
+        if not rows:
+            due = self.d.outbox.next_due(self.returner)
+            timeout = IDLE_CLOSE_SECONDS if due is None else min(IDLE_CLOSE_SECONDS, max(0.001, due - time.time()))
+            with self.cond:
+                self.cond.wait_for(lambda: self.generation != generation or self._stopping(), timeout=timeout)
+            self._close_slots()
+            return
+        rows = self._fill(rows, mark)
+        self._deliver_batch(rows)
+        self._close_slots()
+
+    def _batching(self, rows: list[Row]) -> tuple[int, float]:
+        """(how many items make a full batch, how long the oldest may wait for one)."""
+        d = self.d
+        if d.event_queue > 0 and all(r.kind == "event" for r in rows):
+            return min(d.event_queue, d.batch_size), d.event_queue_seconds or math.inf
+        return d.batch_size, d.batch_wait
+
+    def _fill(self, rows: list[Row], mark: int) -> list[Row]:
+        """Wait for more items while the batch is short and its oldest item may still wait."""
+        while not (self._stopping() or self.d._flushing):
+            target, hold = self._batching(rows)
+            if len(rows) >= target:
+                break
+            remaining = min(r.enqueued for r in rows) + hold - time.time()
+            if remaining <= 0:
+                break
+            need = target - len(rows)
+            with self.cond:
+                self.cond.wait_for(
+                    lambda: self.submitted - mark >= need or self._stopping() or self.d._flushing > 0,
+                    timeout=None if math.isinf(remaining) else remaining)
+                mark = self.submitted
+            rows = self.d.outbox.take(self.returner, self.d.batch_size)
+            if not rows:
+                break
+        return rows
+
+    # -- one batch ----------------------------------------------------------------------------------
+    def _deliver_batch(self, rows: list[Row]) -> None:
+        groups: dict[tuple[str, str, str], list[Row]] = {}
+        for r in rows:
+            groups.setdefault((r.kind, r.ret_config or "", kwargs_key(r.ret_kwargs)), []).append(r)
+        ok: list[Row] = []
+        failed: list[tuple[list[Row], BaseException, list[str]]] = []
+        for (kind, _rc, _kw), group in groups.items():
+            slot = self._slot(group[0])
+            if slot.instance is None:
+                failed.append((group, slot.error or ConfigError("no instance"), slot.secrets))
+                continue
+            good, bad = self._send_bisecting(slot.instance, kind, group)
+            ok.extend(good)
+            failed.extend((part, exc, slot.secrets) for part, exc in bad)
+        if ok:
+            self.d.outbox.done(self.returner, [r.seq for r in ok])
+            self.recent.append((time.time(), len(ok)))
+            while self.recent and time.time() - self.recent[0][0] > THROUGHPUT_WINDOW:
+                self.recent.popleft()
+        if failed:
+            self._failed(failed, total=len(rows), any_ok=bool(ok))
+        else:
+            self.paused_until = 0.0
+
+    def _slot(self, row: Row) -> _Slot:
+        key = (row.ret_config or "", kwargs_key(row.ret_kwargs))
+        slot = self.slots.get(key)
+        if slot is not None and slot.instance is not None:
+            slot.last_used = time.monotonic()
+            return slot
+        secrets = self.d._secrets(self.returner, row.ret_config, row.ret_kwargs)
+        try:
+            inst = registry.create(self.returner, self.d.opts, row.ret_config, row.ret_kwargs)
+        except Exception as exc:  # ConfigError, a driver's import error, ...: retried like a failure
+            return _Slot(None, secrets, exc)
+        slot = self.slots[key] = _Slot(inst, secret_values(type(inst), inst.opts) + secrets)
+        return slot
+
+    def _send_bisecting(self, inst: Returner, kind: str, rows: list[Row]) -> tuple[list[Row], list[tuple[list[Row], BaseException]]]:
+        """Send ``rows``; on an error other than unavailability, split and send the halves, so what
+        can be stored is stored. Returns (stored rows, [(rows, error)])."""
+        ok: list[Row] = []
+        bad: list[tuple[list[Row], BaseException]] = []
+        stack = [rows]
+        while stack:
+            part = stack.pop()
+            try:
+                self._send(inst, kind, part)
+                ok.extend(part)
+            except Exception as exc:
+                if isinstance(exc, _UNAVAILABLE):
+                    bad.append(([r for p in [part, *stack] for r in p], exc))
+                    stack.clear()
+                    self._reset(inst)
+                elif len(part) == 1:
+                    bad.append((part, exc))
+                else:
+                    mid = len(part) // 2
+                    stack.append(part[mid:])
+                    stack.append(part[:mid])
+            if self._stopping() and stack:
+                break  # finish quickly; the untried rows stay pending as they were
+        return ok, bad
+
+    @staticmethod
+    def _send(inst: Returner, kind: str, rows: list[Row]) -> None:
+        payloads = [r.payload for r in rows]
+        if kind == "ret":
+            inst.returns(payloads)
+        elif kind == "load":
+            inst.save_loads([(p["jid"], p["load"], p.get("minions")) for p in payloads])
+        elif kind == "event":
+            inst.event_returns(payloads)
+        elif kind == "minions":
+            for p in payloads:
+                inst.save_minions(p["jid"], p["minions"], p.get("syndic_id"))
+        else:
+            raise ValueError(f"unknown item kind {kind!r}")
+
+    def _reset(self, inst: Returner) -> None:
+        """Drop a connection that failed; the returner reconnects on its next call."""
+        try:
+            inst.close()
+        except Exception as exc:
+            log.debug("returner %s: close failed: %s", self.returner, _one_line(exc))
+
+    def _failed(self, failed: list[tuple[list[Row], BaseException, list[str]]], total: int, any_ok: bool) -> None:
+        now = time.time()
+        d = self.d
+        longest = 0.0
+        first_msg = ""
+        n_failed = 0
+        buried = 0
+        for rows, exc, secrets in failed:
+            msg = scrub(_one_line(exc), secrets)
+            first_msg = first_msg or msg
+            n_failed += len(rows)
+            dead = [r for r in rows if r.first_failure is not None and now - r.first_failure >= d.dead_after]
+            gone = {r.seq for r in dead}
+            live = [r for r in rows if r.seq not in gone]
+            if dead:
+                d.outbox.bury(self.returner, [r.seq for r in dead], msg)
+                buried += len(dead)
+                log.error("returner %s: %d item(s) moved to dead letters after failing for %.0f s "
+                          "(replay with returners.replay): %s", self.returner, len(dead),
+                          now - min(r.first_failure or now for r in dead), msg)
+            if live:
+                delay = backoff(max(r.attempts for r in live), d.retry_max)
+                d.outbox.retry(self.returner, [r.seq for r in live], msg, delay)
+                longest = max(longest, delay)
+        if not any_ok:
+            self.paused_until = now + longest  # nothing got through: the backend is not taking any
+        if n_failed > buried:
+            others = len({scrub(_one_line(e), s) for _, e, s in failed}) - 1
+            more = f" (+{others} other error{'s' if others > 1 else ''})" if others > 0 else ""
+            log.warning("returner %s: %d of %d item(s) not delivered, retrying within %.1f s: %s%s",
+                        self.returner, n_failed - buried, total, longest, first_msg, more,
+                        exc_info=failed[0][1] if log.isEnabledFor(logging.DEBUG) else None)
+
+    def _close_slots(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        if not everything and now - self._last_idle_check < 1.0:
+            return
+        self._last_idle_check = now
+        for key, slot in list(self.slots.items()):
+            if everything or now - slot.last_used > IDLE_CLOSE_SECONDS:
+                del self.slots[key]
+                if slot.instance is not None:
+                    self._reset(slot.instance)
