@@ -45,7 +45,8 @@ class MultiReturner(Returner):
     read side and merge the answers (later returners win on the same key); ``get_fun``,
     ``get_minions`` and ``get_jids_filter`` come from the first returner that has them.
     ``prep_jid`` takes the first returner's jid and passes it on to the others;
-    ``clean_old_jobs``, ``init_schema``, ``check`` and ``close`` run on all.
+    ``clean_old_jobs``, ``init_schema``, ``check`` and ``close`` run on all. A function is
+    there when one of the configured returners has it (``supports`` asks them).
 
     Example: keep the fast local cache for the CLI and a copy in MySQL for reports::
 

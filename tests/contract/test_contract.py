@@ -21,6 +21,7 @@ What a case may give in ``extra`` (all optional):
 - ``load_keys`` / ``ret_keys``: the only load keys / return keys the backend keeps.
 - ``kwargs(values, tmp_path) -> dict``: ``--return_kwargs`` that make the unreachable config
   work, for returners whose unreachable keys are not their own options.
+- ``expires``: the backend drops old jobs by itself (a TTL of ``keep_jobs_seconds``).
 """
 
 from __future__ import annotations
@@ -493,7 +494,8 @@ def test_clean_old_jobs(env: Env) -> None:
     keep.returns([make_ret(new, "m1", "new")])
 
     forever.clean_old_jobs()  # keep_jobs_seconds 0 keeps everything
-    assert env.returns_seen(keep, old) == 2
+    if not env.case.extra.get("expires"):  # (a backend with a TTL drops it by itself meanwhile)
+        assert env.returns_seen(keep, old) == 2
     keep.clean_old_jobs()
     assert env.returns_seen(keep, old) == 0
     assert env.returns_seen(keep, new) == 1
