@@ -12,15 +12,39 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from typing import Any
 
-__all__ = ["decode", "dumps", "dumps_ret", "loads"]
+__all__ = ["decode", "dumps", "dumps_ret", "loads", "text"]
+
+# A Python str may hold lone surrogates (from a surrogateescape decode, say) that no UTF-8
+# encoder accepts: in JSON they are written as \udXXXX escapes (lossless), in plain text as U+FFFD.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Marks the place of ``return`` inside the full return while the rest of it is serialised, so a
 # large return value is encoded once and spliced in, not encoded twice (``return`` + ``full_ret``).
 _MARK = f"\x00saline-return-{uuid.uuid4().hex}\x00"
 _MARK_JSON = json.dumps(_MARK)
+
+
+def _escape_surrogates(json_text: str) -> str:
+    if json_text.isascii() or not _SURROGATE.search(json_text):
+        return json_text
+    return _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), json_text)
+
+
+def text(value: Any) -> str:
+    """``value`` as text for a plain (non-JSON) column: a list is joined with commas (a
+    multi-function job's ``fun``), bytes decoded, lone surrogates replaced."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    elif isinstance(value, (bytes, bytearray)):
+        value = _bytes_text(value)
+    out = value if isinstance(value, str) else str(value)
+    return out if out.isascii() else _SURROGATE.sub("\ufffd", out)
 
 
 def _bytes_text(value: bytes | bytearray | memoryview) -> str:
@@ -70,10 +94,11 @@ def decode(value: Any, _seen: frozenset[int] = frozenset()) -> Any:
 def dumps(value: Any) -> str:
     """Salt's JSON text of ``value``; never raises for odd values."""
     try:
-        return json.dumps(value, ensure_ascii=False, default=_default)
+        out = json.dumps(value, ensure_ascii=False, default=_default)
     except (TypeError, ValueError, RecursionError):
         # bytes or tuple keys, or a reference cycle: clean a copy and try again
-        return json.dumps(decode(value), ensure_ascii=False, default=_default)
+        out = json.dumps(decode(value), ensure_ascii=False, default=_default)
+    return _escape_surrogates(out)
 
 
 def dumps_ret(ret: dict[str, Any]) -> tuple[str, str]:

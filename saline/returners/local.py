@@ -34,7 +34,12 @@ class LocalReturner(Returner):
     def _print(self, records: list[Any]) -> None:
         if records:
             out = sys.stdout  # looked up per call: follows redirection of the process's output
-            out.write("".join(_json.dumps(r) + "\n" for r in records))
+            lines = "".join(_json.dumps(r) + "\n" for r in records)
+            try:
+                out.write(lines)
+            except UnicodeEncodeError:  # an output that is not UTF-8: escape what it cannot show
+                encoding = out.encoding or "ascii"
+                out.write(lines.encode(encoding, errors="backslashreplace").decode(encoding))
             out.flush()
 
     def returns(self, rets: list[dict[str, Any]]) -> None:

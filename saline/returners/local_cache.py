@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote
 import msgpack
 
 from saline.jid import format_jid_instance, format_jid_instance_ext
+from saline.returners._json import decode, text
 from saline.returners._sql import one_line, prepare_returns
 from saline.returners.base import BackendUnavailable, Option, Returner, ReturnerError
 
@@ -50,13 +51,23 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
+def _no_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_surrogates(v) for v in value]
+    return value
+
+
 def packb(obj: Any) -> bytes:
     try:
         return msgpack.packb(obj, use_bin_type=True, default=_encode_default)
     except (ValueError, TypeError, RecursionError):  # a reference cycle, or a key msgpack refuses
-        from saline.returners._json import decode
-
-        return msgpack.packb(decode(obj), use_bin_type=True, default=_encode_default)
+        return msgpack.packb(_no_surrogates(decode(obj)), use_bin_type=True, default=_encode_default)
+    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold: U+FFFD instead
+        return msgpack.packb(_no_surrogates(obj), use_bin_type=True, default=_encode_default)
 
 
 def unpackb(data: bytes) -> Any:

@@ -88,16 +88,6 @@ def _escape_astral(json_text: str) -> str:
     return _ASTRAL.sub(pair, json_text)
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):  # a multi-function job: test.ping,test.echo
-        return ",".join(map(str, value))
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
 class MysqlReturner(Returner):
     """Salt's ``mysql`` returner: job returns, loads and events in MySQL or MariaDB, Salt's tables.
 
@@ -320,17 +310,16 @@ class MysqlReturner(Returner):
             return BackendUnavailable(self._line(f"{detail} ({self._where})"))
         return ReturnerError(self._line(f"{text} (error {code})" if code else text))
 
-    def _check_size(self, ret: dict[str, Any], *texts: str) -> None:
+    def _check_size(self, what: str, *texts: str) -> None:
         total = sum(len(t) for t in texts)
         if total * 4 < min(self._max_packet, _MEDIUMTEXT) - 65536:
             return  # even at 4 bytes a character it fits
         sizes = [len(t.encode("utf-8", errors="replace")) for t in texts]
-        where = f"the return of {ret.get('id')} for job {ret.get('jid')}"
         if max(sizes) > _MEDIUMTEXT:
-            raise ReturnerError(self._line(f"{where} is {max(sizes)} bytes of JSON, more than a mediumtext "
+            raise ReturnerError(self._line(f"{what} is {max(sizes)} bytes of JSON, more than a mediumtext "
                                            f"column holds ({_MEDIUMTEXT})"))
         if sum(sizes) + 65536 > self._max_packet:
-            raise ReturnerError(self._line(f"{where} needs {sum(sizes)} bytes, more than the server's "
+            raise ReturnerError(self._line(f"{what} needs {sum(sizes)} bytes, more than the server's "
                                            f"max_allowed_packet ({self._max_packet}): raise it"))
 
     # -- write side -----------------------------------------------------------------------------
@@ -338,8 +327,8 @@ class MysqlReturner(Returner):
         rows = []
         for ret in rets:
             full, value = _json.dumps_ret(ret)
-            self._check_size(ret, full, value)
-            fun, jid, minion = _text(ret.get("fun")), _text(ret.get("jid")), _text(ret.get("id"))
+            self._check_size(f"the return of {ret.get('id')} for job {ret.get('jid')}", full, value)
+            fun, jid, minion = _json.text(ret.get("fun")), _json.text(ret.get("jid")), _json.text(ret.get("id"))
             if self._narrow:
                 full, value = _escape_astral(full), _escape_astral(value)
                 fun, jid, minion = (_ASTRAL.sub("\ufffd", t) for t in (fun, jid, minion))
@@ -379,8 +368,8 @@ class MysqlReturner(Returner):
             rows = []
             for jid, load, _ in loads:
                 text = _json.dumps(load)
-                self._check_size({"id": "(load)", "jid": jid}, text)
-                rows.append((_text(jid), _escape_astral(text) if self._narrow else text))
+                self._check_size(f"the load of job {jid}", text)
+                rows.append((_json.text(jid), _escape_astral(text) if self._narrow else text))
             cur.executemany(_INSERT_LOAD, rows)
 
         self._run(work)
@@ -393,8 +382,8 @@ class MysqlReturner(Returner):
         def work(cur: Any) -> None:
             rows = []
             for event in events:
-                tag, data = _text(event.get("tag")), _json.dumps(event.get("data"))
-                self._check_size({"id": "(event)", "jid": tag}, data)
+                tag, data = _json.text(event.get("tag")), _json.dumps(event.get("data"))
+                self._check_size(f"the data of event {tag}", data)
                 if self._narrow:
                     tag, data = _ASTRAL.sub("\ufffd", tag), _escape_astral(data)
                 rows.append((tag[:_WIDTHS["tag"]], data, master))

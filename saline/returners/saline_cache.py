@@ -40,10 +40,6 @@ def _started(jid: str) -> float:
     return when.timestamp() if when else time.time()
 
 
-def _fun_text(fun: Any) -> Any:
-    return ",".join(map(str, fun)) if isinstance(fun, (list, tuple)) else fun
-
-
 class SalineCacheReturner(Returner):
     """saline's default job cache: every job, load and return in one SQLite file on the master.
 
@@ -99,7 +95,7 @@ class SalineCacheReturner(Returner):
         for ret in rets:
             retcode = ret.get("retcode")
             rows.append((
-                str(ret.get("jid")), str(ret.get("id")), _fun_text(ret.get("fun")), _json.dumps(ret),
+                _json.text(ret.get("jid")), _json.text(ret.get("id")), _json.text(ret.get("fun")), _json.dumps(ret),
                 1 if ret.get("success") else 0, retcode if isinstance(retcode, int) else None, now,
             ))
         if rows:
@@ -110,7 +106,7 @@ class SalineCacheReturner(Returner):
         for jid, load, minions in loads:
             if minions is None and isinstance(load.get("minions"), list):
                 minions = load["minions"]
-            rows.append((str(jid), _json.dumps(load), _json.dumps(sorted(set(minions))) if minions is not None else None,
+            rows.append((_json.text(jid), _json.dumps(load), _json.dumps(sorted(set(minions))) if minions is not None else None,
                          _started(str(jid))))
         if rows:
             self._db.write(lambda conn: conn.executemany(_INSERT_LOAD, rows))
@@ -129,7 +125,7 @@ class SalineCacheReturner(Returner):
 
     def event_returns(self, events: list[dict[str, Any]]) -> None:
         now, master = time.time(), self.master_id
-        rows = [(str(e.get("tag", "")), _json.dumps(e.get("data")), now, master) for e in events]
+        rows = [(_json.text(e.get("tag")), _json.dumps(e.get("data")), now, master) for e in events]
         if rows:
             self._db.write(lambda conn: conn.executemany(_INSERT_EVENT, rows))
 

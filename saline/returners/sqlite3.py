@@ -97,25 +97,23 @@ class Sqlite3Returner(Returner):
         date = str(dt.datetime.now())
         rows = []
         for ret in rets:
-            fun = ret.get("fun")
-            fun_args = ret.get("fun_args")
+            fun, fun_args = ret.get("fun"), ret.get("fun_args")
             rows.append((
-                ",".join(map(str, fun)) if isinstance(fun, (list, tuple)) else fun,
-                ret.get("jid"), ret.get("id"),
-                str(fun_args) if fun_args else None,
+                _json.text(fun), _json.text(ret.get("jid")), _json.text(ret.get("id")),
+                _json.text(str(fun_args)) if fun_args else None,
                 date, _json.dumps(ret.get("return")), _success(ret),
             ))
         if rows:
             self._db.write(lambda conn: conn.executemany(_INSERT_RETURN, rows))
 
     def save_loads(self, loads: list[tuple[str, dict[str, Any], list[str] | None]]) -> None:
-        rows = [(str(jid), _json.dumps(load)) for jid, load, _ in loads]
+        rows = [(_json.text(jid), _json.dumps(load)) for jid, load, _ in loads]
         if rows:
             self._db.write(lambda conn: conn.executemany(_INSERT_LOAD, rows))
 
     def event_returns(self, events: list[dict[str, Any]]) -> None:
         now, master = str(dt.datetime.now()), self.master_id
-        rows = [(str(e.get("tag", "")), _json.dumps(e.get("data")), now, master) for e in events]
+        rows = [(_json.text(e.get("tag")), _json.dumps(e.get("data")), now, master) for e in events]
         if rows:
             self._db.write(lambda conn: conn.executemany(_INSERT_EVENT, rows))
 

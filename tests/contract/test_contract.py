@@ -322,7 +322,9 @@ def test_value_that_is_not_json(env: Env) -> None:
     r = env.make()
     jid = gen_jid()
     odd = {"set": {3, 1, 2}, "blob": b"\x00\x01\xfe", "nan": float("nan"), "inf": float("inf"),
-           "object": Opaque(), "nested": {"deep": [{"frozen": frozenset({"a"})}, (1, 2)]}}
+           "object": Opaque(), "nested": {"deep": [{"frozen": frozenset({"a"})}, (1, 2)]},
+           # a lone surrogate (bytes decoded with surrogateescape): valid str, not encodable UTF-8
+           "surrogate": "bad\udcffbyte"}
     r.returns([make_ret(jid, "odd", odd, "test.odd")])  # must not raise
     assert env.returns_seen(r, jid) == 1
     stored = env.stored(r, jid)
@@ -334,6 +336,7 @@ def test_value_that_is_not_json(env: Env) -> None:
     assert got["nan"] == "nan" if env.case.extra.get("jsonb") else math.isnan(got["nan"])
     assert "Opaque" in str(got["object"])
     assert got["nested"]["deep"][0]["frozen"] == ["a"] and list(got["nested"]["deep"][1]) == [1, 2]
+    assert got["surrogate"] in ("bad\udcffbyte", "bad\ufffdbyte")  # kept (JSON escape) or replaced
 
 
 def test_hundred_events(env: Env) -> None:
