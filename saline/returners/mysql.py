@@ -6,7 +6,6 @@ import os
 import re
 import ssl
 import threading
-import time
 from typing import Any, Callable, Mapping, TypeVar
 
 import pymysql
@@ -236,7 +235,7 @@ class MysqlReturner(Returner):
         if conn is not None and self._pid == os.getpid():
             try:
                 conn.close()
-            except Exception:  # already broken: nothing more to release
+            except (pymysql.MySQLError, OSError):  # already broken: nothing more to release
                 pass
 
     def _run(self, work: Callable[[Any], T]) -> T:
