@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import psycopg
 
 from tests.contract.harness import ContractCase
 
@@ -16,23 +18,39 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def pg_config(prefix: str, password_key: str = "passwd"):
+def pg_config(prefix: str, password_key: str = "passwd") -> Callable[[dict[str, Any], Path], dict[str, Any]]:
     def config(fx: dict[str, Any], tmp: Path) -> dict[str, Any]:
         db = fx["pg_db"]
         return {f"{prefix}.host": db["host"], f"{prefix}.port": db["port"], f"{prefix}.user": db["user"],
-                f"{prefix}.{password_key}": "not-used-with-trust", f"{prefix}.db": db["db"],
+                f"{prefix}.{password_key}": "Not-Asked-By-Trust-1", f"{prefix}.db": db["db"],
                 f"{prefix}.create_schema": True}
     return config
 
 
-def pg_unreachable(prefix: str, password_key: str = "passwd"):
+def pg_unreachable(prefix: str, password_key: str = "passwd") -> Callable[[dict[str, Any], Path], dict[str, Any]]:
     def config(fx: dict[str, Any], tmp: Path) -> dict[str, Any]:
-        return {**pg_config(prefix, password_key)(fx, tmp), f"{prefix}.port": closed_port(),
+        return {f"{prefix}.port": closed_port(), f"{prefix}.{password_key}": "Never-Shown-Pg-2",
                 f"{prefix}.connect_timeout": 3}
     return config
 
 
+def pg_scalar(fx: dict[str, Any], sql: str, *args: Any) -> int:
+    db = fx["pg_db"]
+    with psycopg.connect(host=db["host"], port=db["port"], user=db["user"], dbname=db["db"], autocommit=True) as conn:
+        row = conn.execute(sql, args).fetchone()
+    return int(row[0]) if row else 0
+
+
+def count_returns(fx: dict[str, Any], tmp: Path, jid: str) -> int:
+    return pg_scalar(fx, "SELECT count(*) FROM salt_returns WHERE jid = %s", jid)
+
+
+def count_events(fx: dict[str, Any], tmp: Path, jid: str) -> int:
+    return pg_scalar(fx, "SELECT count(*) FROM salt_events WHERE strpos(tag, %s) > 0", jid)
+
+
 CASES = [
     ContractCase(name="postgres", fixtures=("pg_db",), config=pg_config("returner.postgres"),
-                 unreachable=pg_unreachable("returner.postgres")),
+                 unreachable=pg_unreachable("returner.postgres"),
+                 extra={"count": count_returns, "count_events": count_events, "duplicates": "ignored"}),
 ]

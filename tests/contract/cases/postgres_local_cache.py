@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.contract.cases.postgres import pg_config, pg_unreachable
+from tests.contract.cases.postgres import count_events, count_returns, pg_config, pg_unreachable
 from tests.contract.harness import ContractCase
 
 CASES = [
@@ -10,6 +10,7 @@ CASES = [
                  unreachable=pg_unreachable("master_job_cache.postgres"),
                  # Salt's layout keeps of a load only jid, tgt_type, cmd, tgt, kwargs, ret, user,
                  # arg and fun, and of a return only return, retcode and success.
-                 extra={"load_keys": ("jid", "tgt_type", "cmd", "tgt", "kwargs", "ret", "user", "arg", "fun"),
+                 extra={"count": count_returns, "count_events": count_events, "duplicates": "ignored",
+                        "load_keys": ("jid", "tgt_type", "cmd", "tgt", "kwargs", "ret", "user", "arg", "fun"),
                         "ret_keys": ("return", "retcode", "success")}),
 ]
