@@ -28,7 +28,8 @@ Salt's ``event_return_queue`` / ``event_return_queue_max_seconds`` map onto the 
 items: when a worker has only events due and ``event_return_queue`` is N > 0, it holds them until
 N are there (at most ``returner_batch_size``) or the oldest has waited
 ``event_return_queue_max_seconds`` (without that limit, until N are there, as Salt does; ``flush``
-sends them at once). The events are in the outbox meanwhile, so holding them loses nothing. With
+sends them at once). The events are in the outbox meanwhile, so holding them loses nothing; when a return or load for
+the same returner comes in, the held events go along with it. With
 ``event_return_queue`` 0 (Salt's default: send at once), events batch like returns, within
 ``returner_batch_wait_ms``.
 """
@@ -42,13 +43,14 @@ import math
 import random
 import threading
 import time
+import traceback
 from typing import Any, Mapping, Sequence
 
 from saline.config import ConfigError, returner_names
 from saline.master.outbox import Item, Outbox, OutboxError, Row, kwargs_key
 from saline.returners import registry
 from saline.returners.base import BackendUnavailable, Returner
-from saline.returners.options import masked, resolve, scrub, secret_values
+from saline.returners.options import MASK, masked, resolve, scrub, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +183,15 @@ class Delivery:
         if not items:
             return
         self.outbox.put(items)
-        per: dict[str, int] = collections.Counter(it.returner for it in items)
         if not self._started:
             return
-        for name, n in per.items():
-            self._worker(name).wake(n)
+        per: dict[str, list[int]] = {}
+        for it in items:
+            counts = per.setdefault(it.returner, [0, 0])
+            counts[0] += 1
+            counts[1] += it.kind != "event"
+        for name, (n, not_events) in per.items():
+            self._worker(name).wake(n, not_events)
 
     def replay(self, name: str) -> int:
         """Move the dead letters of ``name`` back to the queue; how many."""
@@ -193,6 +199,22 @@ class Delivery:
         if n and self._started:
             self._worker(name).wake()
         return n
+
+    def dead_letters(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The dead letters of ``name`` fit to show: secret ``ret_kwargs`` masked, errors scrubbed."""
+        out = []
+        for letter in self.outbox.dead_letters(name, limit):
+            kwargs = letter.get("ret_kwargs")
+            secrets = self._secrets(name, letter.get("ret_config"), kwargs)
+            if kwargs:
+                try:
+                    letter["ret_kwargs"] = masked(self._class(name), kwargs)
+                except ConfigError:
+                    letter["ret_kwargs"] = {k: MASK for k in kwargs}  # unknown returner: show no value
+            if letter.get("last_error"):
+                letter["last_error"] = scrub(letter["last_error"], secrets)
+            out.append(letter)
+        return out
 
     def flush(self, timeout: float, returner: str | None = None) -> bool:
         """Wait until nothing is pending (for ``returner`` only, when given); False on timeout.
@@ -301,15 +323,17 @@ class _Worker(threading.Thread):
         self.cond = threading.Condition()
         self.generation = 0   # bumped by every wake-up
         self.submitted = 0    # items submitted so far (to know when a batch has filled up)
+        self.not_events = 0   # of which not events (they end a hold for event_return_queue)
         self.paused_until = 0.0
         self.slots: dict[tuple[str, str], _Slot] = {}
         self.recent: collections.deque[tuple[float, int]] = collections.deque()
         self._last_idle_check = time.monotonic()
 
     # -- signals ------------------------------------------------------------------------------------
-    def wake(self, submitted: int = 0) -> None:
+    def wake(self, submitted: int = 0, not_events: int = 0) -> None:
         with self.cond:
             self.submitted += submitted
+            self.not_events += not_events
             self.generation += 1
             self.cond.notify_all()
 
@@ -332,8 +356,9 @@ class _Worker(threading.Thread):
                     with self.cond:
                         self.cond.wait_for(self._stopping, timeout=1.0)
                 except Exception as exc:  # never let the worker die: items would sit unseen
-                    log.error("returner %s: delivery worker error: %s", self.returner, _one_line(exc),
-                              exc_info=log.isEnabledFor(logging.DEBUG))
+                    secrets = self.d._secrets(self.returner, None, None)
+                    log.error("returner %s: delivery worker error: %s", self.returner, scrub(_one_line(exc), secrets))
+                    log.debug("%s", scrub("".join(traceback.format_exception(exc)), secrets))
                     with self.cond:
                         self.cond.wait_for(self._stopping, timeout=1.0)
         finally:
@@ -346,7 +371,7 @@ class _Worker(threading.Thread):
                 self.cond.wait_for(self._stopping, timeout=self.paused_until - now)
             return
         with self.cond:
-            generation, mark = self.generation, self.submitted
+            generation, mark = self.generation, (self.submitted, self.not_events)
         rows = self.d.outbox.take(self.returner, self.d.batch_size)
         if not rows:
             due = self.d.outbox.next_due(self.returner)
@@ -359,28 +384,34 @@ class _Worker(threading.Thread):
         self._deliver_batch(rows)
         self._close_slots()
 
-    def _batching(self, rows: list[Row]) -> tuple[int, float]:
-        """(how many items make a full batch, how long the oldest may wait for one)."""
+    def _batching(self, rows: list[Row]) -> tuple[int, float, bool]:
+        """(how many items make a full batch, how long the oldest may wait for one, whether
+        these are events held for ``event_return_queue``)."""
         d = self.d
         if d.event_queue > 0 and all(r.kind == "event" for r in rows):
-            return min(d.event_queue, d.batch_size), d.event_queue_seconds or math.inf
-        return d.batch_size, d.batch_wait
+            return min(d.event_queue, d.batch_size), d.event_queue_seconds or math.inf, True
+        return d.batch_size, d.batch_wait, False
 
-    def _fill(self, rows: list[Row], mark: int) -> list[Row]:
-        """Wait for more items while the batch is short and its oldest item may still wait."""
+    def _fill(self, rows: list[Row], mark: tuple[int, int]) -> list[Row]:
+        """Wait for more items while the batch is short and its oldest item may still wait.
+        Held events go along with anything else that arrives for this returner meanwhile."""
         while not (self._stopping() or self.d._flushing):
-            target, hold = self._batching(rows)
+            target, hold, events_held = self._batching(rows)
             if len(rows) >= target:
                 break
             remaining = min(r.enqueued for r in rows) + hold - time.time()
             if remaining <= 0:
                 break
             need = target - len(rows)
+            submitted, not_events = mark
+
+            def more() -> bool:
+                return (self.submitted - submitted >= need or (events_held and self.not_events != not_events)
+                        or self._stopping() or self.d._flushing > 0)
+
             with self.cond:
-                self.cond.wait_for(
-                    lambda: self.submitted - mark >= need or self._stopping() or self.d._flushing > 0,
-                    timeout=None if math.isinf(remaining) else remaining)
-                mark = self.submitted
+                self.cond.wait_for(more, timeout=None if math.isinf(remaining) else remaining)
+                mark = (self.submitted, self.not_events)
             rows = self.d.outbox.take(self.returner, self.d.batch_size)
             if not rows:
                 break
@@ -503,8 +534,11 @@ class _Worker(threading.Thread):
             others = len({scrub(_one_line(e), s) for _, e, s in failed}) - 1
             more = f" (+{others} other error{'s' if others > 1 else ''})" if others > 0 else ""
             log.warning("returner %s: %d of %d item(s) not delivered, retrying within %.1f s: %s%s",
-                        self.returner, n_failed - buried, total, longest, first_msg, more,
-                        exc_info=failed[0][1] if log.isEnabledFor(logging.DEBUG) else None)
+                        self.returner, n_failed - buried, total, longest, first_msg, more)
+        if log.isEnabledFor(logging.DEBUG):
+            _, exc, secrets = failed[0]
+            trace = "".join(traceback.format_exception(exc))
+            log.debug("returner %s: traceback of the first failure:\n%s", self.returner, scrub(trace, secrets))
 
     def _close_slots(self, everything: bool = False) -> None:
         now = time.monotonic()

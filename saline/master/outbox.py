@@ -203,6 +203,9 @@ class Outbox:
     # -- plumbing -------------------------------------------------------------------------------
     def _why(self, doing: str, exc: BaseException) -> str:
         text = _one_line(exc)
+        code = getattr(exc, "sqlite_errorname", "")
+        if code and code not in ("SQLITE_ERROR", "SQLITE_FULL", "SQLITE_BUSY", "SQLITE_CANTOPEN"):
+            text += f" ({code})"
         folder = self.path.parent
         if "locked" in text:
             text += " (another saline-master is using this cachedir)"
