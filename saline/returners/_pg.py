@@ -29,6 +29,10 @@ _TRANSIENT_CLASSES = ("08", "53", "57P", "58")
 _TRANSIENT_STATES = {"40001", "40P01", "55P03", "25006", "57014"}
 
 
+# lone surrogates (a surrogateescape decode) are no UTF-8: jsonb takes no \\udXXXX escape of one either
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 # -- JSON ------------------------------------------------------------------------------------------------
 # Text columns hold Salt's JSON (``_json.dumps``). jsonb cannot hold U+0000 nor NaN/Infinity:
 # there U+0000 becomes U+FFFD and non-finite floats their names ("nan", "inf", "-inf").
@@ -46,7 +50,7 @@ def dumps_jsonb(value: Any) -> str:
     """JSON text that PostgreSQL's jsonb accepts; the same text as ``dumps`` for plain data."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        if "\\u0000" not in text:
+        if "\\u0000" not in text and (text.isascii() or not _SURROGATE.search(text)):
             return text
     except (TypeError, ValueError, RecursionError):
         pass
@@ -61,7 +65,8 @@ def _jsonb_key(key: Any) -> Any:
 
 def _jsonb_safe(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        value = value.replace("\x00", "\ufffd")
+        return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
@@ -72,11 +77,10 @@ def _jsonb_safe(value: Any) -> Any:
 
 
 def text(value: Any) -> str:
-    """A plain text column (``fun``, ``id``, ``tag``): PostgreSQL text cannot hold U+0000."""
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)  # multi-function jobs: as the CLI spells them
-    value = "" if value is None else str(value)
-    return value.replace("\x00", "") if "\x00" in value else value
+    """A plain text column (``fun``, ``id``, ``tag``): ``_json.text`` (lists joined with commas,
+    lone surrogates replaced) without U+0000, which PostgreSQL text cannot hold."""
+    out = _json.text(value)
+    return out.replace("\x00", "") if "\x00" in out else out
 
 
 def stamp_time(data: Any) -> dt.datetime:

@@ -180,7 +180,7 @@ class OdbcReturner(Returner):
 
     def _v(self, value: Any) -> Any:
         """A text parameter as this database's driver takes it safely."""
-        return value.encode("utf-8", "surrogatepass") if self._dialect.binary and isinstance(value, str) else value
+        return value.encode("utf-8", "replace") if self._dialect.binary and isinstance(value, str) else value
 
     def _c(self, column: str) -> str:
         """A text column as selected (raw UTF-8 bytes where the driver's conversion is unsafe)."""
@@ -506,10 +506,10 @@ def _message(exc: pyodbc.Error) -> str:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)  # multi-function jobs: as the CLI spells them
-    value = "" if value is None else str(value)
-    return value.replace("\x00", "") if "\x00" in value else value
+    """A plain text column (``fun``, ``id``, ``tag``): ``_json.text`` without U+0000, which the
+    drivers pass as C strings."""
+    out = _json.text(value)
+    return out.replace("\x00", "") if "\x00" in out else out
 
 
 def _units(value: Any) -> int:
@@ -524,7 +524,7 @@ def _text_units(value: Any) -> int:
     never smaller than either count."""
     if not isinstance(value, str):
         return len(str(value)) if value is not None else 1
-    return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    return len(value) if value.isascii() else len(value.encode("utf-8", "replace"))
 
 
 def _chunks_by_size(rows: list[tuple[Any, ...]], packet: int) -> Iterable[list[tuple[Any, ...]]]:

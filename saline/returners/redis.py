@@ -189,11 +189,9 @@ class RedisReturner(Returner):
             if not minion or not jid:
                 missing = "id" if not minion else "jid"
                 raise ReturnerError(self._line(f"a return without '{missing}' cannot be stored"))
-            minion, jid = str(minion), str(jid)
+            minion, jid = _json.text(minion), _json.text(jid)
             fields.setdefault(f"ret:{jid}", {})[minion] = _json.dumps(ret)
-            fun = ret.get("fun")
-            fun = ",".join(map(str, fun)) if isinstance(fun, (list, tuple)) else str(fun)
-            key = f"{minion}:{fun}"
+            key = f"{minion}:{_json.text(ret.get('fun'))}"
             if latest.get(key, "") < jid:
                 latest[key] = jid
             minions.append(minion)
@@ -214,7 +212,7 @@ class RedisReturner(Returner):
     def save_loads(self, loads: list[tuple[str, dict[str, Any], list[str] | None]]) -> None:
         first: dict[str, str] = {}
         for jid, load, _minions in loads:
-            first.setdefault(f"load:{jid}", _json.dumps(load))
+            first.setdefault(f"load:{_json.text(jid)}", _json.dumps(load))
         if not first:
             return
         ttl = self.ttl
