@@ -112,29 +112,63 @@ def dialect_for(dbms: str) -> Dialect:
 
 
 class OdbcReturner(Returner):
-    """Writes each return as a row of ``salt_returns``: ``fun``, ``jid``, ``id``, ``retval``
-    (JSON of the return value), ``full_ret`` (JSON of the whole return), ``success`` (bit/
-    boolean) and ``added`` (the database's time of storage); each job's load into ``jids``
-    (JSON; the first load of a jid is kept) and, a saline addition, events into ``salt_events``
-    (``tag``, ``data`` JSON, ``alter_time``, ``master_id``).
+    """Salt's ``odbc`` returner: job returns, loads and events in any database with an ODBC driver.
 
     ``returner.odbc.dsn`` is a DSN name from ``odbc.ini`` (Salt's form, connected as
-    ``DSN=..;UID=..;PWD=..``) or a whole connection string such as
-    ``DRIVER=/usr/lib/x86_64-linux-gnu/odbc/libmaodbc.so;SERVER=db1;DATABASE=salt``.
-    ``init_schema`` knows the tables for MariaDB/MySQL and SQLite (chosen by the driver's
-    ``SQL_DBMS_NAME``); any other database works with tables made by hand.
+    ``DSN=..;UID=..;PWD=..`` with ``user`` and ``passwd``) or a whole connection string, which
+    needs no ``odbc.ini`` at all::
+
+        returner.odbc.dsn: DRIVER=/usr/lib/x86_64-linux-gnu/odbc/libmaodbc.so;SERVER=db1;DATABASE=salt
+        returner.odbc.user: salt
+        returner.odbc.passwd: secret
+
+    Tables (Salt's layout; the column is ``retval``, not ``return``). ``init_schema`` (or
+    ``create_schema: true``) picks the form by the driver's ``SQL_DBMS_NAME``: MariaDB/MySQL
+    (``mediumtext``, ``boolean``, ``utf8mb4``) or SQLite (``text``, ``boolean``)::
+
+        jids(jid varchar(255) PRIMARY KEY, load mediumtext|text NOT NULL)
+        salt_returns(added datetime DEFAULT CURRENT_TIMESTAMP, fun varchar(100),
+                     jid varchar(255), retval mediumtext|text, id varchar(255),
+                     success boolean, full_ret mediumtext|text)
+          -- indexes salt_returns_added, salt_returns_id, salt_returns_jid, salt_returns_fun
+        salt_events(id bigint AUTO_INCREMENT | INTEGER PRIMARY KEY AUTOINCREMENT,
+                    tag varchar(255), data mediumtext|text,
+                    alter_time datetime DEFAULT CURRENT_TIMESTAMP, master_id varchar(255))
+
+    Any other database (SQL Server, for which Salt wrote its script) works with tables made by
+    hand, through standard SQL only; Salt's SQL Server script::
+
+        CREATE TABLE jids (jid varchar(255) NOT NULL PRIMARY KEY, load varchar(MAX) NOT NULL);
+        CREATE TABLE salt_returns (added datetime NOT NULL DEFAULT (getdate()),
+          fun varchar(100) NOT NULL, jid varchar(255) NOT NULL, retval varchar(MAX) NOT NULL,
+          id varchar(255) NOT NULL, success bit NOT NULL, full_ret varchar(MAX) NOT NULL);
+
+    Values, as Salt writes them: ``retval`` is the JSON of the return value, ``full_ret`` the
+    JSON of the whole return, ``success`` 1/0, ``added`` the database's time of storage;
+    ``jids.load`` the JSON of the load; ``salt_events`` (a saline addition, Salt's odbc
+    returner had no ``event_return``) ``tag``, ``data`` (JSON of the event data),
+    ``master_id`` the master's id, ``alter_time`` the time of storage.
+
+    Differences from Salt: one connection per returner, reused, opened again when the server
+    dropped it (Salt connected per call); the first load of a jid is kept and later ones are
+    ignored (Salt's failed on the primary key); a return without ``success`` is stored as
+    false (Salt's raised KeyError); ``get_load`` returns the load (Salt's parsed a row object);
+    a return delivered twice (same ``jid`` and ``id``) is stored once; ``get_jids_filter``,
+    ``event_return`` and ``clean_old_jobs`` (``keep_jobs_seconds``, ``archive_jobs`` into
+    ``*_archive`` tables; a job goes only when none of its returns is newer) are additions.
+
+    Drivers: with MariaDB Connector/ODBC a batch is sent as parameter arrays
+    (``fast_executemany``), in chunks under the server's ``max_allowed_packet``; a single
+    return larger than that is refused with one line saying so. Text travels as UTF-8 bytes
+    there, because that driver (3.1) drops the last character of some texts holding
+    characters outside the BMP (emoji) when it converts them itself. The SQLite ODBC driver's
+    parameter arrays crash or truncate, so there a batch is a plain ``executemany`` in one
+    transaction.
 
     Example query, the failed returns of the last day (MariaDB)::
 
         SELECT id, jid, fun, retval FROM salt_returns
          WHERE success = 0 AND added > NOW() - INTERVAL 1 DAY ORDER BY added;
-
-    Differences from Salt: one connection per returner, reused (Salt connected per call); a
-    duplicate load is ignored instead of failing on the primary key; a return without
-    ``success`` is stored as false instead of failing; ``get_load`` returns the load (Salt's
-    parsed a row object); a return delivered twice is stored once; ``event_return``,
-    ``get_jids_filter`` and ``clean_old_jobs`` (``keep_jobs_seconds``, ``archive_jobs``) are
-    additions.
     """
 
     name = "odbc"
@@ -147,7 +181,7 @@ class OdbcReturner(Returner):
         Option("passwd", secret=True, doc="password (PWD)"),
         Option("connect_timeout", int, default=10, doc="seconds to wait for a connection (login timeout)"),
         Option("create_schema", bool, default=False,
-               doc="create the tables and indexes (IF NOT EXISTS) on first connect"),
+               doc="create the tables and indexes (IF NOT EXISTS) on first connect (saline)"),
     )
 
     def __init__(self, options: dict[str, Any], master_opts: dict[str, Any] | None = None) -> None:

@@ -31,18 +31,45 @@ DDL = (
 
 
 class PgjsonbReturner(PostgresReturner):
-    """Writes each return as a row of ``salt_returns`` with ``return`` (the function's result)
-    and ``full_ret`` (the whole return) as ``jsonb``, ``success`` as the text ``true``/``false``
-    and ``alter_time`` the time of the return (its ``_stamp``); each job's load into
-    ``jids.load`` (jsonb) and events into ``salt_events.data`` (jsonb), all with GIN indexes
-    (``fastupdate=on``) so containment queries are fast.
+    """Salt's ``pgjsonb`` returner: returns, loads and events in PostgreSQL as jsonb, GIN-indexed.
 
-    Options are read under ``returner.pgjsonb.*`` as in Salt, and also under ``pgjsonb.*``
-    (Salt's docs showed that spelling; its code never read it). One connection per returner,
-    opened on first use and reused; a batch is one transaction written with COPY. A return
-    delivered twice (same ``jid`` and ``id``) is stored once.
+    Tables (Salt's DDL; ``saline-run returners.init pgjsonb``, or ``create_schema: true``,
+    creates what is missing; tables made from Salt's documentation work as they are)::
 
-    Example queries::
+        jids(jid varchar(255) PRIMARY KEY, load jsonb NOT NULL)
+          -- idx_jids_jsonb: GIN (load) WITH (fastupdate=on)
+        salt_returns(fun varchar(50), jid varchar(255), return jsonb, id varchar(255),
+                     success varchar(10), full_ret jsonb, alter_time timestamptz DEFAULT now())
+          -- idx_salt_returns_id, _jid, _fun (btree); _return, _full_ret (GIN, fastupdate=on)
+        salt_events(id bigint UNIQUE DEFAULT nextval('seq_salt_events_id'), tag varchar(255),
+                    data jsonb, alter_time timestamptz DEFAULT now(), master_id varchar(255))
+          -- idx_salt_events_tag (btree), idx_salt_events_data (GIN, fastupdate=on)
+
+    Values, as Salt writes them: ``return`` is the return value, ``full_ret`` the whole return
+    load, ``success`` the text ``true``/``false``, ``jids.load`` the job's load,
+    ``salt_events.data`` the event data with ``master_id`` the master's id; ``alter_time`` is
+    the time of the return or event (its ``_stamp``, when the master received it). jsonb
+    cannot hold U+0000 nor NaN/Infinity: U+0000 is stored as U+FFFD and non-finite floats as
+    the strings ``"nan"``, ``"inf"``, ``"-inf"``; bytes are stored as text and values JSON has
+    no form for (sets, objects) as lists or their ``repr``, so an odd return never fails a batch.
+
+    Options are read under ``returner.pgjsonb.*`` as in Salt (the password's key is ``pass``,
+    its ``--return_kwargs`` name ``passwd`` or ``pass``), and also under ``pgjsonb.*`` (the
+    spelling Salt's documentation showed and its code never read).
+
+    Differences from Salt: the first load of a jid is kept, the publish load with its target and
+    arguments; Salt upserted the load with every return, so ``jids.load`` ended up holding the
+    last minion's return and ``jobs.list_jobs`` showed ``unknown-target`` (salt#47327). A
+    return delivered twice (same ``jid`` and ``id``) is stored once. ``get_fun`` returns, per
+    minion, the return with the highest jid; ``get_jids_filter`` exists; ``clean_old_jobs``
+    never purges a job whose returns are still arriving (salt#69060) and with ``archive_jobs``
+    moves rows into ``*_archive`` tables. Failures are not "dropping return" log lines: they are
+    one-line errors the outbox retries or keeps as dead letters.
+
+    One connection per returner, opened on first use, kept, and opened again when the server
+    dropped it; a batch is one transaction written with ``COPY``.
+
+    Example queries (the three of the README)::
 
         -- every failed return
         SELECT id, jid FROM salt_returns WHERE full_ret @> '{"success": false}';
@@ -51,14 +78,6 @@ class PgjsonbReturner(PostgresReturner):
         -- keys accepted by the master
         SELECT data->>'id', alter_time FROM salt_events
          WHERE tag = 'salt/key' AND data @> '{"act": "accept"}';
-
-    Differences from Salt: the first load of a jid is kept (the publish load, with its target
-    and arguments). Salt upserted it with every return, so ``jids.load`` ended up holding the
-    last minion's return and ``jobs.list_jobs`` showed ``unknown-target`` (salt#47327).
-    jsonb cannot hold U+0000: such characters are stored as U+FFFD; ``NaN``/``Infinity``
-    floats are stored as the strings ``"nan"``/``"inf"``. ``get_fun`` returns each minion's
-    return with the highest jid, and ``clean_old_jobs`` never purges a job whose returns are
-    still arriving (salt#69060).
     """
 
     name = "pgjsonb"
@@ -75,7 +94,7 @@ class PgjsonbReturner(PostgresReturner):
         *SSL_OPTIONS,
         Option("sslcrl", doc="certificate revocation list file"),
         Option("create_schema", bool, default=False,
-               doc="create the tables and indexes (IF NOT EXISTS) on first connect"),
+               doc="create the tables and indexes (IF NOT EXISTS) on first connect (saline)"),
     )
 
     jsonb = True

@@ -42,25 +42,57 @@ SSL_OPTIONS = (
 
 
 class PostgresReturner(Returner):
-    """Writes each return as a row of ``salt_returns`` (``return`` and ``full_ret`` as JSON
-    text, ``success`` as the text ``true``/``false``), each job's load into ``jids`` (the first
-    load of a jid is kept: the publish load), and events into ``salt_events`` with the master id.
+    """Salt's ``postgres`` returner: job returns, loads and events in PostgreSQL, JSON as text.
 
-    Options are read under ``returner.postgres.*`` as in Salt, and also under ``postgres.*``.
-    One connection per returner, opened on first use and reused; a batch is one transaction
-    written with COPY. A return delivered twice (same ``jid`` and ``id``) is stored once.
-    ``alter_time`` is the time the master received the return (its ``_stamp``).
+    Tables (Salt's DDL; ``saline-run returners.init postgres``, or ``create_schema: true``,
+    creates what is missing; tables made from Salt's documentation work as they are)::
+
+        jids(jid varchar(20) PRIMARY KEY, load text NOT NULL)
+        salt_returns(fun varchar(50), jid varchar(255), return text, full_ret text,
+                     id varchar(255), success varchar(10),
+                     alter_time timestamptz DEFAULT now())
+          -- indexes idx_salt_returns_id, _jid, _fun, _updated (alter_time)
+        salt_events(id bigint UNIQUE DEFAULT nextval('seq_salt_events_id'), tag varchar(255),
+                    data text, alter_time timestamptz DEFAULT now(), master_id varchar(255))
+          -- index idx_salt_events_tag
+
+    Values, as Salt writes them: ``salt_returns.return`` is the JSON of the return value
+    (``true`` for ``test.ping``), ``full_ret`` the JSON of the whole return load (``id``,
+    ``jid``, ``fun``, ``fun_args``, ``return``, ``retcode``, ``success``, ``_stamp`` …),
+    ``success`` the text ``true`` or ``false``; ``jids.load`` the JSON of the job's load;
+    ``salt_events.data`` the JSON of the event data and ``master_id`` the master's id. JSON is
+    Salt's (``ensure_ascii=False``, default spacing); bytes are stored as text and values JSON
+    has no form for (sets, objects) as lists or their ``repr``, so an odd return never fails a
+    batch. ``alter_time`` is when the master received the return or event (its ``_stamp``),
+    so a batch delivered late by the outbox keeps its real time.
+
+    Options are read under ``returner.postgres.*`` as in Salt, and also under ``postgres.*``
+    (the main spelling wins when both are set). ``jids.jid`` is ``varchar(20)`` as in Salt:
+    jids made with ``unique_jid: true`` (``<20 digits>_<pid>``) do not fit and fail with one
+    line saying so; ``ALTER TABLE jids ALTER COLUMN jid TYPE varchar(255)`` lets them in.
+
+    Differences from Salt, all compatible with its tables: the first load of a jid is kept (the
+    publish load; Salt's did the same by swallowing the duplicate-key error); a return delivered
+    twice (same ``jid`` and ``id``: a retried batch) is stored once; ``get_fun`` works on
+    PostgreSQL (Salt's used MySQL back-ticks) and returns, per minion, the return with the
+    highest jid; ``get_jids_filter`` exists; ``clean_old_jobs`` exists (Salt's postgres
+    returner kept everything): rows older than ``keep_jobs_seconds`` are deleted, or with
+    ``archive_jobs`` moved into ``jids_archive``, ``salt_returns_archive`` and
+    ``salt_events_archive`` (created ``LIKE`` the originals), and a job goes only when none of
+    its returns is newer (salt#69060). sslmode/sslcert/sslkey/sslrootcert and
+    connect_timeout are saline's (passed to libpq).
+
+    One connection per returner, opened on first use, kept, and opened again (once, at once)
+    when the server dropped it (a restart); a batch is one transaction written with ``COPY``.
+    Errors are one line: ``BackendUnavailable`` when the server cannot be reached (the outbox
+    retries), ``ReturnerError`` naming the cause otherwise (wrong password, missing role,
+    database or table, TLS refused) and never a password.
 
     Example query, the latest ``state.apply`` of every minion::
 
         SELECT DISTINCT ON (id) id, jid, success, return::json
           FROM salt_returns WHERE fun = 'state.apply'
          ORDER BY id, jid DESC;
-
-    Differences from Salt, all compatible with its tables: ``get_fun`` works on PostgreSQL
-    (Salt's used MySQL back-ticks), ``clean_old_jobs`` exists (Salt's postgres returner kept
-    everything; here ``keep_jobs_seconds`` and ``archive_jobs`` apply as for mysql), and a job
-    whose returns are still arriving is never purged.
     """
 
     name = "postgres"
@@ -77,7 +109,7 @@ class PostgresReturner(Returner):
         *SSL_OPTIONS,
         Option("connect_timeout", int, default=10, doc="seconds to wait for a connection"),
         Option("create_schema", bool, default=False,
-               doc="create the tables and indexes (IF NOT EXISTS) on first connect"),
+               doc="create the tables and indexes (IF NOT EXISTS) on first connect (saline)"),
     )
 
     #: what the read side parses: JSON text here, jsonb in pgjsonb

@@ -44,17 +44,50 @@ _LOAD_COLUMNS = ("tgt_type", "cmd", "tgt", "kwargs", "ret", "username", "arg", "
 
 
 class PostgresLocalCacheReturner(Returner):
-    """A master job cache in PostgreSQL with Salt's ``postgres_local_cache`` layout.
+    """Salt's ``postgres_local_cache``: a master job cache in PostgreSQL, with its own tables.
 
-    ``jids`` holds one row per job: ``started`` (the jid's time, UTC), and ``tgt_type``,
-    ``cmd``, ``tgt``, ``kwargs``, ``ret``, ``username``, ``fun`` as Salt writes them (Python
-    ``str()`` of the load's value, ``'None'`` when absent) and ``arg`` as JSON. The first load
-    of a jid is kept (the publish load). ``salt_returns`` holds one row per minion and job:
-    ``fun``, ``jid``, ``id``, ``success`` (boolean, NULL when the return has none), ``added``
-    (when the master received the return) and ``return``, the JSON of
-    ``{"return": ..., "retcode": ..., "success": ...}``. Events go to ``salt_events``.
+    Tables (Salt's DDL; ``saline-run returners.init postgres_local_cache``, or
+    ``create_schema: true``, creates what is missing; Salt's script's unnamed indexes get the
+    names PostgreSQL gives them, so running both adds nothing)::
 
-    Options are Salt's keys ``master_job_cache.postgres.host|user|passwd|db|port``.
+        jids(jid varchar(20) PRIMARY KEY, started timestamptz DEFAULT now(),
+             tgt_type text, cmd text, tgt text, kwargs text, ret text, username text,
+             arg text, fun text)                                   -- all NOT NULL
+        salt_returns(added timestamptz DEFAULT now(), fun text, jid varchar(20),
+                     return text, id text, success boolean)        -- success may be NULL
+          -- indexes on added, id, jid, fun
+        salt_events(id serial, tag text, data text, alter_time timestamptz DEFAULT now(),
+                    master_id text)
+          -- indexes on tag, data, id, master_id
+
+    Values, as Salt writes them: ``jids`` holds one row per job, ``tgt_type``, ``cmd``,
+    ``tgt``, ``kwargs``, ``ret``, ``username`` (the load's ``user``) and ``fun`` as the text
+    Python's ``str()`` gives (``'None'`` when the load has no such key; a list target reads
+    ``['m1', 'm2']``), ``arg`` as JSON; ``get_load`` turns them back into values.
+    ``salt_returns`` holds one row per minion and job: ``success`` a boolean (NULL when the
+    return has none), ``added`` when the master received the return, and ``return`` the JSON
+    of ``{"return": …, "retcode": …, "success": …}``. ``get_jid`` gives
+    ``{minion: {"return", "retcode", "success"}}``, the only keys this layout keeps.
+
+    Options are Salt's keys ``master_job_cache.postgres.host|user|passwd|db|port`` (Salt
+    read them straight from the master config and stopped with a KeyError when one was
+    missing; here a missing one takes the default shown).
+
+    Differences from Salt, all compatible with its tables: ``started`` is the jid's own time
+    in UTC; Salt passed it as text (``2024, Jan 05 12:34:56.123456``), which PostgreSQL read
+    in the session's time zone, so on a server not running in UTC every job started hours off.
+    The return value inside ``return`` is stored as JSON (Salt stored ``str()`` of it, a
+    Python repr inside the JSON, e.g. ``{"return": "{'a': True}"}``); readers of Salt's rows
+    keep working, and ``str_return: true`` writes exactly Salt's form. ``clean_old_jobs``
+    works (Salt's did nothing): jobs started before ``keep_jobs_seconds`` go, with their
+    returns, unless a return is newer, and events older than that; with ``archive_jobs`` they
+    are moved into ``*_archive`` tables. ``get_fun`` and ``get_jids_filter`` exist. A
+    duplicate load is ignored (``ON CONFLICT DO NOTHING``: the publish load stays), a return
+    delivered twice is stored once. Salt's btree index on ``salt_events.data`` refuses any
+    event over about 2.7 kB; ``init_schema`` makes that index a hash index (same name).
+
+    One connection per returner, opened on first use, kept, and opened again when the server
+    dropped it; a batch is one transaction written with ``COPY``.
 
     Example query, the jobs of the last hour with how many minions answered::
 
@@ -62,15 +95,6 @@ class PostgresLocalCacheReturner(Returner):
           FROM jids j LEFT JOIN salt_returns r USING (jid)
          WHERE j.started > now() - interval '1 hour'
          GROUP BY j.jid, j.fun, j.tgt ORDER BY j.jid;
-
-    Differences from Salt, all compatible with its tables: ``started`` is the jid's UTC time
-    (Salt passed the jid's time as text, which PostgreSQL read in the session's time zone, so
-    it was off by the server's UTC offset); ``return`` holds the function's result as JSON
-    (Salt stored ``str()`` of it, a Python repr inside the JSON; set ``str_return: true`` to
-    write exactly that); ``clean_old_jobs`` deletes (or with ``archive_jobs`` archives) jobs
-    older than ``keep_jobs_seconds`` (Salt's did nothing); ``get_fun`` and
-    ``get_jids_filter`` exist; a return delivered twice is stored once; a missing option takes
-    the default shown (Salt stopped with a KeyError).
     """
 
     name = "postgres_local_cache"
@@ -86,9 +110,9 @@ class PostgresLocalCacheReturner(Returner):
         *SSL_OPTIONS,
         Option("connect_timeout", int, default=10, doc="seconds to wait for a connection"),
         Option("create_schema", bool, default=False,
-               doc="create the tables and indexes (IF NOT EXISTS) on first connect"),
+               doc="create the tables and indexes (IF NOT EXISTS) on first connect (saline)"),
         Option("str_return", bool, default=False,
-               doc="store the return value as Salt did, as the text of its Python repr inside the JSON"),
+               doc="store the return value as Salt did, as the text of its Python repr inside the JSON (saline)"),
     )
 
     def __init__(self, options: dict[str, Any], master_opts: dict[str, Any] | None = None) -> None:

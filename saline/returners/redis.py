@@ -37,27 +37,43 @@ return 1
 
 
 class RedisReturner(Returner):
-    """Writes Salt's keys: each return as field ``<minion>`` of the hash ``ret:<jid>`` (JSON of
-    the return), the minion's latest jid per function in ``<minion>:<fun>``, every minion id in
-    the set ``minions``, and each job's load in ``load:<jid>`` (JSON). ``ret:<jid>``,
-    ``<minion>:<fun>`` and ``load:<jid>`` expire after ``keep_jobs_seconds`` (0 keeps them).
-    Events are pushed as JSON ``{"tag", "data", "master_id", "alter_time"}`` onto the list
-    ``salt_events``, newest first, trimmed to ``events_max`` entries.
+    """Salt's ``redis`` returner (also ``redis_return``): returns and loads as Redis keys.
+
+    Keys (Salt's layout; values are JSON text)::
+
+        ret:<jid>         hash    field <minion> = JSON of that minion's return
+        <minion>:<fun>    string  the jid of that minion's latest return of <fun>
+        minions           set     every minion id that ever returned
+        load:<jid>        string  JSON of the job's load
+        salt_events       list    (saline) JSON {"tag", "data", "master_id", "alter_time"},
+                                  newest first, trimmed to events_max entries
+
+    ``ret:<jid>``, ``<minion>:<fun>`` and ``load:<jid>`` expire after the master's
+    ``keep_jobs_seconds`` (re-applied on every return); ``minions`` and ``salt_events`` do
+    not expire. ``keep_jobs_seconds: 0`` means no expiry: Salt sent ``EXPIRE … 0``, which
+    deleted every return at once, and ``SETEX … 0``, which failed.
+
+    Differences from Salt, all compatible with its keys: the first load of a jid is kept
+    (``SET NX``; Salt overwrote it with each return's payload, so ``load:<jid>`` ended up
+    holding the last return); ``get_fun`` works (Salt's read a key it never wrote, salt#69039)
+    and ``<minion>:<fun>`` only ever moves to a newer jid, so a late or repeated delivery
+    cannot set it back; listing and cleaning use ``SCAN``, never the blocking ``KEYS``
+    (salt#69037); ``clean_old_jobs`` deletes ``ret:<jid>`` hashes whose ``load:<jid>`` is gone
+    once the job is older than ``keep_jobs_seconds`` (the returns of a running job stay);
+    ``get_jids_filter`` exists; events are a saline addition (``LPUSH`` + ``LTRIM``). Writing a
+    return twice rewrites the same hash field, so a duplicate delivery changes nothing.
+
+    One connection per returner (Salt kept one process-wide pool, never re-read), opened on
+    first use and opened again when the server dropped it; a batch is one pipeline
+    (``transaction=False``). ``cluster_mode`` talks to a Redis Cluster (from
+    ``cluster.startup_nodes``, or ``host``/``port``); set against a server that is not one, it
+    fails with one line saying so. ``unix_socket_path`` replaces host and port.
 
     Example, with ``redis-cli``::
 
-        HGETALL ret:20240105123456123456          # every minion's return of one job
-        GET web1:state.apply                       # the jid of web1's latest state.apply
-        LRANGE salt_events 0 9                     # the ten newest events
-
-    Differences from Salt, all compatible with its keys: the first load of a jid is kept
-    (``SET NX``; Salt overwrote it with each return's payload); ``keep_jobs_seconds: 0`` means
-    no expiry (Salt sent ``EXPIRE 0``, deleting the return at once); ``get_fun`` works (Salt's
-    read a key it never wrote, salt#69039); listing and cleaning use ``SCAN``, never ``KEYS``
-    (salt#69037); ``<minion>:<fun>`` only moves forward to a newer jid; events are a saline
-    addition (Salt's redis returner had no ``event_return``). One connection per returner,
-    reopened once when the server dropped it; a batch is one pipeline (not a transaction).
-    Writing a return twice rewrites the same hash field, so duplicates cost nothing.
+        HGETALL ret:20240105123456123456      # every minion's return of one job
+        GET web1:state.apply                   # the jid of web1's latest state.apply
+        LRANGE salt_events 0 9                 # the ten newest events
     """
 
     name = "redis"
