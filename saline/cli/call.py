@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retcode-passthrough", action="store_true", help="exit with the function's retcode")
     parser.add_argument("--no-color", dest="no_color", action="store_true")
     parser.add_argument("fun")
-    parser.add_argument("arg", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    parser.add_argument("arg", nargs="*")  # options may follow the arguments, as in Salt
+    args = parser.parse_intermixed_args(argv)
     opts = load_opts("minion", args)
 
     from saline.jid import gen_jid

@@ -20,10 +20,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_args(parser: argparse.ArgumentParser, short_log_flag: bool = True) -> None:
     parser.add_argument("-c", "--config-dir", default=None,
                         help="configuration folder (default $SALINE_CONFIG_DIR or /etc/saline)")
-    parser.add_argument("-l", "--log-level", default=None, choices=sorted(LEVELS), help="console log level")
+    flags = ("-l", "--log-level") if short_log_flag else ("--log-level",)
+    parser.add_argument(*flags, default=None, choices=sorted(LEVELS), help="console log level")
     parser.add_argument("--log-file", default=None, help="log file")
 
 

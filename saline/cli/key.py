@@ -47,7 +47,7 @@ def _confirm(action: str, state: str, ids: list[str], yes: bool) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="saline-key", description="Manage minion keys on the master.")
-    add_config_args(parser)
+    add_config_args(parser, short_log_flag=False)  # -l lists keys, as in salt-key
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-L", "--list-all", action="store_true", help="list every key")
     group.add_argument("-l", "--list", metavar="STATE", help="list keys in one state: acc, pre/un, rej, den, all")

@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", "--output", dest="out", default=None)
     parser.add_argument("--no-color", dest="no_color", action="store_true")
     parser.add_argument("fun")
-    parser.add_argument("arg", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    parser.add_argument("arg", nargs="*")  # options may follow the arguments, as in Salt
+    args = parser.parse_intermixed_args(argv)
     opts = load_opts("master", args)
 
     from saline.client import JobError, LocalClient
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130)
     from saline.output import render
 
-    print(render(data, args.out or "nested", color=sys.stdout.isatty() and not args.no_color), flush=True)
+    print(render(data, args.out or "nested", static=True, color=sys.stdout.isatty() and not args.no_color), flush=True)
 
 
 def _event_stream(client, kwargs: dict) -> None:

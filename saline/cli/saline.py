@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preview-target", action="store_true", help="list the minions the target reaches")
     parser.add_argument("target")
     parser.add_argument("fun")
-    parser.add_argument("arg", nargs=argparse.REMAINDER)
+    parser.add_argument("arg", nargs="*")  # options may follow the arguments, as in Salt
     return parser
 
 
@@ -152,7 +152,7 @@ def run_job(client: Any, args: argparse.Namespace, tgt: Any, tgt_type: str, arg:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     from saline.cli.common import load_opts
     from saline.client import JobError, LocalClient
     from saline.modules.args import parse_cli_args

@@ -103,12 +103,13 @@ class Minion:
     async def run(self) -> None:
         self._open_dealer()
         self._open_sub()
-        loops = [self._dealer_loop(), self._sub_loop(), self._monitor_loop(), self._hello_loop(),
-                 self._resend_loop(), self._ping_loop()]
+        loops = [self._dealer_loop(), self._monitor_loop(), self._hello_loop(), self._resend_loop(), self._ping_loop()]
         tasks = [asyncio.create_task(c) for c in loops]
+        self._sub_task = asyncio.create_task(self._sub_loop())
         try:
             await self._stop.wait()
         finally:
+            tasks.append(self._sub_task)
             for task in tasks + list(self._tasks):
                 task.cancel()
             await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
@@ -176,9 +177,8 @@ class Minion:
             elif cmd == "welcome":
                 if not self._accepted.is_set():
                     if self.state == "pending":
-                        # The publish socket was refused while the key was pending: reconnect it now.
-                        self.sub.close(0)
-                        self._open_sub()
+                        # ZeroMQ gives up on a publish socket refused while the key was pending.
+                        await self._reopen_sub()
                     self.state = "accepted"
                     self._accepted.set()
                     self._flush_spool(0.0)
@@ -198,13 +198,16 @@ class Minion:
             elif cmd == "pong":
                 self._last_pong = time.time()
 
+    async def _reopen_sub(self) -> None:
+        self._sub_task.cancel()
+        await asyncio.gather(self._sub_task, return_exceptions=True)
+        self.sub.close(0)
+        self._open_sub()
+        self._sub_task = asyncio.create_task(self._sub_loop())
+
     async def _sub_loop(self) -> None:
         while True:
-            try:
-                data = await self.sub.recv()
-            except zmq.ZMQError:
-                await asyncio.sleep(0.1)  # the socket is being replaced after acceptance
-                continue
+            data = await self.sub.recv()
             try:
                 publish = decode(data, self.max_size)
             except FrameError as exc:

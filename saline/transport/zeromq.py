@@ -19,6 +19,7 @@ from typing import Callable
 
 import zmq
 import zmq.asyncio
+from zmq.utils import z85
 
 from saline.transport.keys import ACCEPTED, PENDING, KeyStore
 
@@ -43,7 +44,7 @@ class ZapHandler:
     def decide(self, domain: str, mechanism: bytes, credentials: list[bytes]) -> tuple[bool, str]:
         if mechanism != b"CURVE" or not credentials or len(credentials[0]) != 32:
             return False, ""
-        key = zmq.utils.z85.encode(credentials[0]).decode()
+        key = z85.encode(credentials[0]).decode()
         if self.open_mode:
             return True, key
         self.keys.refresh()
@@ -65,7 +66,11 @@ class ZapHandler:
                 await self.socket.send_multipart([b"1.0", frames[1] if len(frames) > 1 else b"", b"400", b"bad request", b"", b""])
                 continue
             version, request_id, domain, address, _identity, mechanism, *credentials = frames
-            ok, key = self.decide(domain.decode(errors="replace"), mechanism, credentials)
+            try:
+                ok, key = self.decide(domain.decode(errors="replace"), mechanism, credentials)
+            except Exception:  # a bug here must deny, never leave libzmq waiting for an answer
+                log.exception("ZAP handler failed; connection denied")
+                ok, key = False, ""
             if not ok:
                 log.info("refused %s connection from %s (key %s)", domain.decode(errors="replace"),
                          address.decode(errors="replace"), key[:8] + "…" if key else "none")
