@@ -37,6 +37,7 @@ the same returner comes in, the held events go along with it. With
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 import fnmatch
 import logging
 import math
@@ -95,7 +96,6 @@ class Delivery:
         self._classes: dict[str, type[Returner]] = {}
         self._checked: set[tuple[str, str, str]] = set()
         self._started = False
-        self._stopping = False
         self._flushing = 0
         registry.load_dirs(list(master_opts.get("returner_dirs") or []))
         self.event_names: list[str] = []
@@ -157,7 +157,6 @@ class Delivery:
         """Start a worker for every returner that has items waiting (from before a restart)."""
         with self._lock:
             self._started = True
-            self._stopping = False
         for name, c in self.outbox.counts().items():
             if c["pending"]:
                 self._worker(name).wake()
@@ -165,12 +164,11 @@ class Delivery:
     def stop(self, timeout: float = 10.0) -> None:
         """Let each worker finish the batch in flight, then close its returner connections."""
         with self._lock:
-            self._stopping = True
             self._started = False
             workers = list(self._workers.values())
             self._workers.clear()
         for w in workers:
-            w.wake()
+            w.stop()
         deadline = time.monotonic() + timeout
         for w in workers:
             w.join(max(0.0, deadline - time.monotonic()))
@@ -303,6 +301,14 @@ class Delivery:
         return sorted(found, key=len, reverse=True)  # longest first: no partial masking
 
 
+@dataclass
+class _Failure:
+    rows: list[Row]
+    error: BaseException
+    secrets: list[str]
+    systemic: bool  # the backend as a whole refused (unreachable, or the returner cannot be made)
+
+
 class _Slot:
     """A returner instance for one (ret_config, ret_kwargs), or the error that prevented it."""
 
@@ -325,6 +331,7 @@ class _Worker(threading.Thread):
         self.submitted = 0    # items submitted so far (to know when a batch has filled up)
         self.not_events = 0   # of which not events (they end a hold for event_return_queue)
         self.paused_until = 0.0
+        self.stopping = False
         self.slots: dict[tuple[str, str], _Slot] = {}
         self.recent: collections.deque[tuple[float, int]] = collections.deque()
         self._last_idle_check = time.monotonic()
@@ -337,8 +344,15 @@ class _Worker(threading.Thread):
             self.generation += 1
             self.cond.notify_all()
 
+    def stop(self) -> None:
+        """Finish the batch in flight, then end (each worker has its own flag, so a worker still
+        busy after ``Delivery.stop`` timed out never runs beside its successor)."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
     def _stopping(self) -> bool:
-        return self.d._stopping
+        return self.stopping
 
     def throughput(self) -> float:
         now = time.time()
@@ -423,15 +437,15 @@ class _Worker(threading.Thread):
         for r in rows:
             groups.setdefault((r.kind, r.ret_config or "", kwargs_key(r.ret_kwargs)), []).append(r)
         ok: list[Row] = []
-        failed: list[tuple[list[Row], BaseException, list[str]]] = []
+        failed: list[_Failure] = []
         for (kind, _rc, _kw), group in groups.items():
             slot = self._slot(group[0])
             if slot.instance is None:
-                failed.append((group, slot.error or ConfigError("no instance"), slot.secrets))
+                failed.append(_Failure(group, slot.error or ConfigError("no instance"), slot.secrets, True))
                 continue
             good, bad = self._send_bisecting(slot.instance, kind, group)
             ok.extend(good)
-            failed.extend((part, exc, slot.secrets) for part, exc in bad)
+            failed.extend(_Failure(part, exc, slot.secrets, isinstance(exc, _UNAVAILABLE)) for part, exc in bad)
         if ok:
             self.d.outbox.done(self.returner, [r.seq for r in ok])
             self.recent.append((time.time(), len(ok)))
@@ -504,20 +518,19 @@ class _Worker(threading.Thread):
         except Exception as exc:
             log.debug("returner %s: close failed: %s", self.returner, _one_line(exc))
 
-    def _failed(self, failed: list[tuple[list[Row], BaseException, list[str]]], total: int, any_ok: bool) -> None:
+    def _failed(self, failed: list["_Failure"], total: int, any_ok: bool) -> None:
+        """Retry (or bury) what failed, log one line, and pause the worker when the backend as a
+        whole refused: unreachable, not creatable, or every one of several items failed. A lone
+        item failing alone is its own business (its next_try): it must not hold the others back."""
         now = time.time()
         d = self.d
         longest = 0.0
-        first_msg = ""
-        n_failed = 0
         buried = 0
-        for rows, exc, secrets in failed:
-            msg = scrub(_one_line(exc), secrets)
-            first_msg = first_msg or msg
-            n_failed += len(rows)
-            dead = [r for r in rows if r.first_failure is not None and now - r.first_failure >= d.dead_after]
+        messages = [scrub(_one_line(f.error), f.secrets) for f in failed]
+        for f, msg in zip(failed, messages):
+            dead = [r for r in f.rows if r.first_failure is not None and now - r.first_failure >= d.dead_after]
             gone = {r.seq for r in dead}
-            live = [r for r in rows if r.seq not in gone]
+            live = [r for r in f.rows if r.seq not in gone]
             if dead:
                 d.outbox.bury(self.returner, [r.seq for r in dead], msg)
                 buried += len(dead)
@@ -528,17 +541,17 @@ class _Worker(threading.Thread):
                 delay = backoff(max(r.attempts for r in live), d.retry_max)
                 d.outbox.retry(self.returner, [r.seq for r in live], msg, delay)
                 longest = max(longest, delay)
-        if not any_ok:
-            self.paused_until = now + longest  # nothing got through: the backend is not taking any
+        n_failed = sum(len(f.rows) for f in failed)
+        if not any_ok and (n_failed > 1 or any(f.systemic for f in failed)):
+            self.paused_until = now + longest
         if n_failed > buried:
-            others = len({scrub(_one_line(e), s) for _, e, s in failed}) - 1
+            others = len(set(messages)) - 1
             more = f" (+{others} other error{'s' if others > 1 else ''})" if others > 0 else ""
             log.warning("returner %s: %d of %d item(s) not delivered, retrying within %.1f s: %s%s",
-                        self.returner, n_failed - buried, total, longest, first_msg, more)
+                        self.returner, n_failed - buried, total, longest, messages[0], more)
         if log.isEnabledFor(logging.DEBUG):
-            _, exc, secrets = failed[0]
-            trace = "".join(traceback.format_exception(exc))
-            log.debug("returner %s: traceback of the first failure:\n%s", self.returner, scrub(trace, secrets))
+            trace = "".join(traceback.format_exception(failed[0].error))
+            log.debug("returner %s: traceback of the first failure:\n%s", self.returner, scrub(trace, failed[0].secrets))
 
     def _close_slots(self, everything: bool = False) -> None:
         now = time.monotonic()

@@ -15,21 +15,23 @@ Tables:
 - ``stats``: per-returner counters (delivered, buried, last error and its time, last success),
   kept here so ``returners.status`` survives a restart.
 
-Concurrency, as measured on this machine (2 CPUs; ``bench/bench_outbox.py`` prints the figures):
+Concurrency, as measured by ``bench/bench_outbox.py`` on this machine (2 CPUs, SQLite 3.40):
 
 - One connection behind a ``threading.Lock``, shared by every thread (the event loop puts, one
-  worker per returner takes and acks). Against a connection per thread it was within the noise
-  (12-14k vs 14-19k one-item puts/s, 46-65k vs 49-76k in 100-item puts, with two threads
-  draining), with a lower p99 put latency: SQLite's busy handler sleeps whole milliseconds where
-  the lock hands over in microseconds.
-- ``locking_mode=EXCLUSIVE``: the WAL index lives in the process's memory (+28% commits/s) and a
-  second master started on the same cachedir gets a clear error instead of sharing the queue.
-  Other processes therefore cannot read the file while the master runs; they ask the master.
+  worker per returner takes and acks). With two threads draining, it put 19-23k one-item and
+  70-78k items/s in 100-item transactions, against 20-22k and 71-108k for a connection per thread:
+  within the noise of each other, but with a lower p99 put latency (0.4-0.5 ms against 0.6-1.1 ms;
+  5.2-5.8 ms against 7-14 ms), since SQLite's busy handler sleeps whole milliseconds where the lock
+  hands over in microseconds. Simpler too: one connection to close, no busy errors.
+- ``locking_mode=EXCLUSIVE``: the WAL index lives in the process's memory (+28% commits/s,
+  measured on one-row transactions) and a second master started on the same cachedir gets a clear
+  error instead of sharing the queue. Other processes cannot read the file while the master runs;
+  they ask the master.
 - No AUTOINCREMENT (it cost a third of the commit rate): a seq may be handed out again after the
   row that had it is gone, which is harmless since only the worker that took a row acks it.
 
-A one-item ``put`` is one transaction (~25-30k/s here, bound by SQLite's commit); the master puts
-everything one loop turn received in one call (100-item puts: ~200k items/s).
+A one-item ``put`` is one transaction (38-42k/s alone, bound by SQLite's commit); the master
+puts everything one loop turn received in one call (100-item puts: ~200k items/s).
 
 Every SQLite failure (disk full, read-only folder, corrupt file) becomes :class:`OutboxError`
 with a one-line message; the master then does not acknowledge the minion, which keeps the return

@@ -274,6 +274,21 @@ def test_poison_return_is_isolated_then_buried(mysql_opts: dict[str, Any], mysql
     assert len(buried) == 1 and "returner mysql: 1 item(s)" in buried[0].getMessage()
 
 
+def test_a_poison_item_retrying_alone_does_not_delay_newcomers(opts: dict[str, Any], running: Running) -> None:
+    d = running({**opts, "returner_retry_max_seconds": 5, "returner_batch_wait_ms": 20})
+    d.submit([Item("probe", "ret", make_ret("20240105123456123456", "bad", poison=True))])
+    for round_ in range(4):  # the poison keeps failing, its backoff growing towards 5 s
+        assert wait_for(lambda: (d.outbox.dead_letters("probe") or d.outbox.counts()["probe"]["retrying"]), 5)
+        begin = time.monotonic()
+        d.submit(returns(d, "probe", 10, prefix=f"r{round_}-"))
+        assert wait_for(lambda: d.status()["probe"]["delivered"] == 10 * (round_ + 1), 5)
+        assert time.monotonic() - begin < 1.0, d.status()["probe"]
+        time.sleep(0.4)
+    status = d.status()["probe"]
+    assert status["retrying"] == 1 and "poisoned" in status["last_error"]
+    assert probe_query(opts["probe.path"], "SELECT COUNT(*) FROM rets WHERE id = 'bad'") == [(0,)]
+
+
 def test_dead_letters_replayed_once_the_tables_exist(opts: dict[str, Any], mysql_db: dict[str, Any],
                                                      account: dict[str, str], running: Running) -> None:
     """No tables yet (a user who followed Salt's seed DDL halfway): buried; returners.init; replay."""
