@@ -83,6 +83,12 @@ def text(value: Any) -> str:
     return out.replace("\x00", "") if "\x00" in out else out
 
 
+def fit(value: str, width: int | None) -> str:
+    """``value`` cut to a column's declared length (``fun`` is varchar(50) in Salt's tables: a
+    long multi-function ``fun`` is cut rather than failing the batch; ``full_ret`` keeps it)."""
+    return value[:width] if width and len(value) > width else value
+
+
 def stamp_time(data: Any) -> dt.datetime:
     """When a return or event happened: its ``_stamp`` (naive UTC in Salt), else now."""
     stamp = data.get("_stamp") if isinstance(data, dict) else None
@@ -125,6 +131,7 @@ class PgLink:
         self.setup = setup
         self._conn: psycopg.Connection | None = None
         self._lock = threading.RLock()
+        self._widths: dict[str, dict[str, int | None]] = {}
 
     @property
     def where(self) -> str:
@@ -168,7 +175,16 @@ class PgLink:
                 except psycopg.Error:
                     pass
 
+    def widths(self, conn: psycopg.Connection, table: str) -> dict[str, int | None]:
+        """The declared lengths of ``table``'s varchar columns (read once per connection)."""
+        if table not in self._widths:
+            rows = conn.execute("SELECT column_name, character_maximum_length FROM information_schema.columns "
+                                "WHERE table_schema = current_schema() AND table_name = %s", (table,)).fetchall()
+            self._widths[table] = {name: width for name, width in rows}
+        return self._widths[table]
+
     def _open(self) -> psycopg.Connection:
+        self._widths = {}  # the tables may have changed while we were away
         try:
             conn = psycopg.connect(autocommit=True, **self.params)
         except psycopg.Error as exc:

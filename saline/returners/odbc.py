@@ -189,6 +189,7 @@ class OdbcReturner(Returner):
         self._conn: pyodbc.Connection | None = None
         self._dialect: Dialect = _GENERIC
         self._packet = 16 * 1024 * 1024
+        self._widths: dict[str, dict[str, int]] = {}
         self._lock = threading.RLock()
         self._secrets = [str(self.opts["passwd"])] if self.opts.get("passwd") else []
         self._secrets += re.findall(r"(?i)\bPWD\s*=\s*([^;]+)", str(self.opts.get("dsn") or ""))
@@ -220,7 +221,22 @@ class OdbcReturner(Returner):
         """A text column as selected (raw UTF-8 bytes where the driver's conversion is unsafe)."""
         return f"CAST({column} AS BINARY)" if self._dialect.binary else column
 
+    def _width(self, conn: pyodbc.Connection, table: str) -> dict[str, int]:
+        """Declared lengths of ``table``'s text columns, from the driver's catalog (once per connection)."""
+        if table not in self._widths:
+            found: dict[str, int] = {}
+            try:
+                for col in conn.cursor().columns(table=table):
+                    size = getattr(col, "column_size", None)
+                    if isinstance(size, int) and 0 < size < 65536 and "char" in str(col.type_name).lower():
+                        found[str(col.column_name).lower()] = size
+            except pyodbc.Error:
+                found = {}
+            self._widths[table] = found
+        return self._widths[table]
+
     def _open(self) -> pyodbc.Connection:
+        self._widths = {}
         try:
             conn = pyodbc.connect(self.conn_str, autocommit=False, timeout=int(self.opts.get("connect_timeout") or 0))
         except pyodbc.Error as exc:
@@ -398,11 +414,15 @@ class OdbcReturner(Returner):
                          full))
 
         def write(conn: pyodbc.Connection) -> None:
+            # fun and id are cut to their columns (varchar(100)/(255)) rather than failing the
+            # batch; full_ret keeps them whole.
+            width = self._width(conn, "salt_returns")
+            cut = [(_fit(r[0], width.get("fun")), r[1], r[2], _fit(r[3], width.get("id")), r[4], r[5]) for r in rows]
             # A redelivered return (same jid and minion) is stored once.
             seen = self._existing(conn, f"SELECT {self._c('jid')}, {self._c('id')} FROM salt_returns "
-                                        "WHERE jid IN ({marks})", sorted({row[1] for row in rows}))
+                                        "WHERE jid IN ({marks})", sorted({row[1] for row in cut}))
             fresh = []
-            for row in rows:
+            for row in cut:
                 if (row[1], row[3]) not in seen:
                     seen.add((row[1], row[3]))
                     fresh.append(tuple(self._v(v) for v in row))
@@ -434,8 +454,9 @@ class OdbcReturner(Returner):
         master_id = _text(self.master_id)
 
         def write(conn: pyodbc.Connection) -> None:
-            rows = [(self._v(_text(ev.get("tag"))), self._v(_json.dumps(ev.get("data"))), self._v(master_id))
-                    for ev in events]
+            width = self._width(conn, "salt_events")
+            rows = [(self._v(_fit(_text(ev.get("tag")), width.get("tag"))), self._v(_json.dumps(ev.get("data"))),
+                     self._v(_fit(master_id, width.get("master_id")))) for ev in events]
             self._insert(conn, "INSERT INTO salt_events (tag, data, master_id) VALUES (?, ?, ?)", rows)
 
         self._run(write)
@@ -544,6 +565,10 @@ def _text(value: Any) -> str:
     drivers pass as C strings."""
     out = _json.text(value)
     return out.replace("\x00", "") if "\x00" in out else out
+
+
+def _fit(value: str, width: int | None) -> str:
+    return value[:width] if width and len(value) > width else value
 
 
 def _units(value: Any) -> int:

@@ -147,14 +147,16 @@ class PostgresReturner(Returner):
         rows = [self._return_row(r) for r in rets]
 
         def write(conn: psycopg.Connection) -> None:
+            width = self.link.widths(conn, "salt_returns")
+            cut = [(_pg.fit(r[0], width.get("fun")), *r[1:4], _pg.fit(r[4], width.get("id")), *r[5:]) for r in rows]
             with conn.transaction():
                 # A redelivered return (same jid and minion) is stored once: the outbox delivers
                 # at least once, and a minion may resend a return it was not sure had arrived.
-                jids = sorted({row[1] for row in rows})
+                jids = sorted({row[1] for row in cut})
                 seen = set(conn.execute("SELECT jid, id FROM salt_returns WHERE jid = ANY(%s)", (jids,)).fetchall())
                 with conn.cursor().copy("COPY salt_returns (fun, jid, return, full_ret, id, success, alter_time) "
                                         "FROM STDIN") as copy:
-                    for row in rows:
+                    for row in cut:
                         if (row[1], row[4]) not in seen:
                             seen.add((row[1], row[4]))
                             copy.write_row(row)
@@ -187,10 +189,12 @@ class PostgresReturner(Returner):
                 for ev in events]
 
         def write(conn: psycopg.Connection) -> None:
+            width = self.link.widths(conn, "salt_events")
             with conn.transaction():
                 with conn.cursor().copy("COPY salt_events (tag, data, master_id, alter_time) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                    for tag, data, master, when in rows:
+                        copy.write_row((_pg.fit(tag, width.get("tag")), data, _pg.fit(master, width.get("master_id")),
+                                        when))
 
         self.link.run(write)
 

@@ -144,6 +144,21 @@ def test_events(backend, master_opts) -> None:
     r.close()
 
 
+def test_long_fun_and_id_are_cut_to_the_columns(backend, master_opts) -> None:
+    r = make(backend, master_opts)
+    jid = gen_jid()
+    funs = [f"module{i}.function{i}" for i in range(8)]
+    ret = {**ret_for(jid, "m" * 300), "fun": funs}
+    r.returns([ret])
+    r.returns([ret])  # the cut id still finds the stored row
+    r.event_returns([{"tag": "t" * 400, "data": {}}])
+    rows = backend["sql"]("SELECT fun, id, full_ret FROM salt_returns")
+    assert len(rows) == 1 and rows[0][0] == ",".join(funs)[:100] and rows[0][1] == "m" * 255
+    assert json.loads(rows[0][2])["id"] == "m" * 300
+    assert backend["sql"]("SELECT tag FROM salt_events") == [("t" * 255,)]
+    r.close()
+
+
 def test_missing_table_names_it(backend, master_opts) -> None:
     r = make(backend, master_opts, create_schema=False)
     with pytest.raises(ReturnerError) as err:

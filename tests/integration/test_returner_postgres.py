@@ -399,6 +399,20 @@ def test_batch_of_1000_is_one_transaction(pg, pg_db) -> None:
     assert sql(pg_db, "SELECT count(*), count(DISTINCT xmin::text) FROM salt_returns") == [(1000, 1)]
     assert len(pg.get_jid(jid)) == 1000
     # a batch that fails leaves nothing behind
-    with pytest.raises(ReturnerError):
-        pg.returns([ret_for(gen_jid(), "ok"), ret_for(gen_jid(), "x" * 300)])
+    with pytest.raises(ReturnerError, match="a value is longer than its column allows"):
+        pg.returns([ret_for(gen_jid(), "ok"), ret_for("1" * 300, "x")])
     assert sql(pg_db, "SELECT count(*) FROM salt_returns") == [(1000,)]
+
+
+def test_long_fun_and_id_are_cut_to_the_columns_not_failing_the_batch(pg, pg_db) -> None:
+    jid = gen_jid()
+    funs = ["test.ping", "test.echo", "cmd.run", "grains.items", "state.apply", "pkg.version"]
+    ret = {**ret_for(jid, "m" * 300), "fun": funs}
+    pg.returns([ret])
+    pg.event_returns([{"tag": "t" * 400, "data": {}}])
+    (fun, minion, full), = sql(pg_db, "SELECT fun, id, full_ret FROM salt_returns")
+    assert fun == ",".join(funs)[:50] and minion == "m" * 255
+    assert json.loads(full)["fun"] == funs and json.loads(full)["id"] == "m" * 300
+    assert sql(pg_db, "SELECT length(tag) FROM salt_events") == [(255,)]
+    pg.returns([ret])  # the cut id still finds the stored row: delivered twice, stored once
+    assert sql(pg_db, "SELECT count(*) FROM salt_returns") == [(1,)]
