@@ -41,13 +41,17 @@ def _query(db: dict, sql: str, args: tuple = ()) -> list[tuple]:
 
 @pytest.fixture
 def salt_db(mysql_db: dict) -> dict:
+    """A fresh database with Salt's tables made by hand, reached as the user ``salt``/``saltpass``."""
     conn = pymysql.connect(host=mysql_db["host"], port=mysql_db["port"], user=mysql_db["user"],
-                           password=mysql_db["pass"], database=mysql_db["db"])
+                           password=mysql_db["pass"], database=mysql_db["db"], autocommit=True)
     with conn.cursor() as cur:
         for statement in DDL:
             cur.execute(statement)
+        for host in ("127.0.0.1", "localhost"):
+            cur.execute(f"CREATE USER IF NOT EXISTS 'salt'@'{host}' IDENTIFIED BY 'saltpass'")
+            cur.execute(f"GRANT ALL ON `{mysql_db['db']}`.* TO 'salt'@'{host}'")
     conn.close()
-    return mysql_db
+    return {**mysql_db, "user": "salt", "pass": "saltpass"}
 
 
 def _mysql_opts(db: dict) -> dict:
