@@ -37,14 +37,15 @@ the same returner comes in, the held events go along with it. With
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 import fnmatch
+import json
 import logging
 import math
 import random
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from saline.config import ConfigError, returner_names
@@ -63,12 +64,25 @@ RETRY_BASE_SECONDS = 0.2
 THROUGHPUT_WINDOW = 60.0
 
 _UNAVAILABLE = (BackendUnavailable, ConnectionError, TimeoutError)
-_METHOD = {"ret": "returns", "load": "save_loads", "event": "event_returns", "minions": "save_minions"}
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _kwargs(value: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
+    """``--return_kwargs`` as a dict (the CLI may pass its JSON text); None when empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--return_kwargs is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, Mapping):
+        raise ConfigError("--return_kwargs must be a JSON object of option: value")
+    return dict(value) or None
 
 
 def backoff(attempts: int, cap: float) -> float:
@@ -91,6 +105,7 @@ class Delivery:
         self.event_queue_seconds = float(master_opts.get("event_return_queue_max_seconds") or 0)
         self.whitelist = list(master_opts.get("event_return_whitelist") or [])
         self.blacklist = list(master_opts.get("event_return_blacklist") or [])
+        self.idle_close = IDLE_CLOSE_SECONDS
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}
         self._classes: dict[str, type[Returner]] = {}
@@ -112,19 +127,21 @@ class Delivery:
         return cls
 
     def items_for_return(self, names: list[str], ret: dict, ret_config: str | None = None,
-                         ret_kwargs: dict | None = None) -> list[Item]:
+                         ret_kwargs: Mapping[str, Any] | str | None = None) -> list[Item]:
         """One ``ret`` item per named returner that stores returns; ConfigError for an unknown name."""
-        return [Item(n, "ret", ret, ret_config, ret_kwargs) for n in names if self._class(n).supports("returns")]
+        kwargs = _kwargs(ret_kwargs)
+        return [Item(n, "ret", ret, ret_config or None, kwargs) for n in names if self._class(n).supports("returns")]
 
     def items_for_load(self, names: list[str], jid: str, load: dict, minions: list[str] | None,
-                       ret_config: str | None = None, ret_kwargs: dict | None = None) -> list[Item]:
+                       ret_config: str | None = None, ret_kwargs: Mapping[str, Any] | str | None = None) -> list[Item]:
         """One ``load`` item per named returner that stores loads. Called at publish time, it also
         resolves each returner's options (once per combination), so an unknown returner, a missing
         driver or a bad ``--return_kwargs`` is a ConfigError for the CLI, not a retry loop later."""
+        kwargs = _kwargs(ret_kwargs)
         for name in names:
-            self.validate(name, ret_config, ret_kwargs)
+            self.validate(name, ret_config, kwargs)
         payload = {"jid": jid, "load": load, "minions": minions}
-        return [Item(n, "load", payload, ret_config, ret_kwargs) for n in names if self._class(n).supports("save_loads")]
+        return [Item(n, "load", payload, ret_config or None, kwargs) for n in names if self._class(n).supports("save_loads")]
 
     def items_for_minions(self, names: list[str], jid: str, minions: list[str],
                           syndic_id: str | None = None) -> list[Item]:
@@ -389,7 +406,8 @@ class _Worker(threading.Thread):
         rows = self.d.outbox.take(self.returner, self.d.batch_size)
         if not rows:
             due = self.d.outbox.next_due(self.returner)
-            timeout = IDLE_CLOSE_SECONDS if due is None else min(IDLE_CLOSE_SECONDS, max(0.001, due - time.time()))
+            idle = self.d.idle_close
+            timeout = idle if due is None else min(idle, max(0.001, due - time.time()))
             with self.cond:
                 self.cond.wait_for(lambda: self.generation != generation or self._stopping(), timeout=timeout)
             self._close_slots()
@@ -559,7 +577,7 @@ class _Worker(threading.Thread):
             return
         self._last_idle_check = now
         for key, slot in list(self.slots.items()):
-            if everything or now - slot.last_used > IDLE_CLOSE_SECONDS:
+            if everything or now - slot.last_used > self.d.idle_close:
                 del self.slots[key]
                 if slot.instance is not None:
                     self._reset(slot.instance)

@@ -233,7 +233,7 @@ class Outbox:
         try:
             rows = [(it.returner, it.kind, _pack(it.payload), it.ret_config, _pack_kwargs(it.ret_kwargs), now, now)
                     for it in items]
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise OutboxError(f"outbox {self.path}: cannot encode an item: {_one_line(exc)}") from None
         with self._write("write items") as db:
             db.executemany(

@@ -470,3 +470,31 @@ def test_flush_of_one_returner_and_timeout(opts: dict[str, Any], running: Runnin
     assert 0.5 <= time.monotonic() - begin < 2
     status = d.status()["probe"]
     assert status["pending"] == 2 and status["retrying"] == 2 and "cannot reach" in status["last_error"]
+
+
+def test_an_idle_connection_is_closed_and_reopened_when_needed(mysql_opts: dict[str, Any], mysql_db: dict[str, Any],
+                                                               proxy: TcpProxy, running: Running) -> None:
+    d = running(mysql_opts)
+    d.idle_close = 0.5  # 60 s in the master
+    d.submit(returns(d, "mysql", 10, prefix="a"))
+    assert d.flush(10) and proxy.open_connections == 1
+    before = proxy.accepted
+    assert wait_for(lambda: proxy.open_connections == 0, 5)  # closed by the worker, not cut
+    d.submit(returns(d, "mysql", 10, prefix="b"))
+    assert d.flush(10)
+    assert proxy.accepted == before + 1 and rows_in(mysql_db) == (20, 20)
+    assert d.status()["mysql"]["last_error"] is None  # a closed idle connection is no failure
+
+
+def test_return_kwargs_given_as_json_text(opts: dict[str, Any], running: Running, tmp_path: Path) -> None:
+    d = running(opts)
+    other = tmp_path / "kw.db"
+    items = d.items_for_return(["probe"], make_ret("20240105123456123456", "m1"),
+                               ret_kwargs=json.dumps({"path": str(other)}))
+    assert items[0].ret_kwargs == {"path": str(other)}
+    d.submit(items)
+    assert d.flush(10) and probe_query(other, "SELECT id FROM rets") == [("m1",)]
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        d.items_for_return(["probe"], {}, ret_kwargs="{path:")
+    with pytest.raises(ConfigError, match="JSON object"):
+        d.items_for_load(["probe"], "20240105123456123456", {}, None, ret_kwargs="[1, 2]")
