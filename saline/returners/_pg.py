@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import re
 import threading
 from typing import Any, Callable, Iterable, TypeVar
@@ -132,6 +133,7 @@ class PgLink:
         self._conn: psycopg.Connection | None = None
         self._lock = threading.RLock()
         self._widths: dict[str, dict[str, int | None]] = {}
+        self._pid = os.getpid()
 
     @property
     def where(self) -> str:
@@ -149,10 +151,15 @@ class PgLink:
 
     def run(self, work: Callable[[psycopg.Connection], T]) -> T:
         with self._lock:
+            if self._conn is not None and self._pid != os.getpid():
+                # inherited through fork(): the parent's. Let go of it without closing it
+                # (psycopg never shuts a connection down from a process that did not open it).
+                self._conn = None
             for attempt in (0, 1):
                 fresh = self._conn is None or self._conn.closed
                 if fresh:
                     self._conn = self._open()
+                    self._pid = os.getpid()
                 conn = self._conn
                 assert conn is not None
                 try:
@@ -169,7 +176,7 @@ class PgLink:
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
-            if conn is not None and not conn.closed:
+            if conn is not None and not conn.closed and self._pid == os.getpid():
                 try:
                     conn.close()
                 except psycopg.Error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from saline.returners.base import BackendUnavailable, Option, Returner, Returner
 from saline.returners.options import scrub
 
 T = TypeVar("T")
+_FORK_ORPHANS: list[Any] = []  # connections inherited by a forked child
 TABLES = ("jids", "salt_returns", "salt_events")
 _CHUNK = 500  # parameters per IN (...) list
 _FAST_BUFFER = 64 * 1024 * 1024  # bytes pyodbc may allocate for one fast_executemany call
@@ -147,7 +150,9 @@ class OdbcReturner(Returner):
     JSON of the whole return, ``success`` 1/0, ``added`` the database's time of storage;
     ``jids.load`` the JSON of the load; ``salt_events`` (a saline addition, Salt's odbc
     returner had no ``event_return``) ``tag``, ``data`` (JSON of the event data),
-    ``master_id`` the master's id, ``alter_time`` the time of storage.
+    ``master_id`` the master's id, ``alter_time`` the time of storage. A ``fun``, ``id`` or
+    ``tag`` longer than its column (as the driver reports it) is cut to fit rather than failing
+    the batch; ``full_ret`` keeps it whole.
 
     Differences from Salt: one connection per returner, reused, opened again when the server
     dropped it (Salt connected per call); the first load of a jid is kept and later ones are
@@ -191,6 +196,7 @@ class OdbcReturner(Returner):
         self._packet = 16 * 1024 * 1024
         self._widths: dict[str, dict[str, int]] = {}
         self._lock = threading.RLock()
+        self._pid = os.getpid()
         self._secrets = [str(self.opts["passwd"])] if self.opts.get("passwd") else []
         self._secrets += re.findall(r"(?i)\bPWD\s*=\s*([^;]+)", str(self.opts.get("dsn") or ""))
 
@@ -258,10 +264,18 @@ class OdbcReturner(Returner):
 
     def _run(self, work: Callable[[pyodbc.Connection], T]) -> T:
         with self._lock:
+            if self._conn is not None and self._pid != os.getpid():
+                # inherited through fork(): the parent's. Freeing it would disconnect the
+                # parent's session (the driver says goodbye to the server), so it is kept alive
+                # for the rest of this process, even through interpreter shutdown.
+                ctypes.pythonapi.Py_IncRef(ctypes.py_object(self._conn))
+                _FORK_ORPHANS.append(self._conn)
+                self._conn = None
             for attempt in (0, 1):
                 fresh = self._conn is None
                 if fresh:
                     self._conn = self._open()
+                    self._pid = os.getpid()
                 conn = self._conn
                 assert conn is not None
                 try:
@@ -284,7 +298,7 @@ class OdbcReturner(Returner):
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
-            if conn is not None:
+            if conn is not None and self._pid == os.getpid():
                 try:
                     conn.close()
                 except pyodbc.Error:

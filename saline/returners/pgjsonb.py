@@ -52,6 +52,7 @@ class PgjsonbReturner(PostgresReturner):
     cannot hold U+0000 nor NaN/Infinity: U+0000 is stored as U+FFFD and non-finite floats as
     the strings ``"nan"``, ``"inf"``, ``"-inf"``; bytes are stored as text and values JSON has
     no form for (sets, objects) as lists or their ``repr``, so an odd return never fails a batch.
+    A ``fun``, ``id`` or ``tag`` longer than its column is cut to fit (``full_ret`` keeps it).
 
     Options are read under ``returner.pgjsonb.*`` as in Salt (the password's key is ``pass``,
     its ``--return_kwargs`` name ``passwd`` or ``pass``), and also under ``pgjsonb.*`` (the

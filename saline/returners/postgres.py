@@ -64,7 +64,9 @@ class PostgresReturner(Returner):
     Salt's (``ensure_ascii=False``, default spacing); bytes are stored as text and values JSON
     has no form for (sets, objects) as lists or their ``repr``, so an odd return never fails a
     batch. ``alter_time`` is when the master received the return or event (its ``_stamp``),
-    so a batch delivered late by the outbox keeps its real time.
+    so a batch delivered late by the outbox keeps its real time. A ``fun`` longer than its
+    column (a multi-function job, joined with commas) and an ``id`` or ``tag`` longer than
+    theirs are cut to fit rather than failing the batch; ``full_ret`` keeps them whole.
 
     Options are read under ``returner.postgres.*`` as in Salt, and also under ``postgres.*``
     (the main spelling wins when both are set). ``jids.jid`` is ``varchar(20)`` as in Salt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -98,6 +99,7 @@ class RedisReturner(Returner):
         super().__init__(options, master_opts)
         self._client: redis.Redis | RedisCluster | None = None
         self._lock = threading.RLock()
+        self._pid = os.getpid()
         self._secrets = [str(v) for v in [self.opts.get("password")] if v]
 
     # -- connection ------------------------------------------------------------------------------------
@@ -134,11 +136,16 @@ class RedisReturner(Returner):
 
     def _run(self, work: Callable[[Any], T]) -> T:
         with self._lock:
+            if self._client is not None and self._pid != os.getpid():
+                # inherited through fork(): the parent's. Let go of it without closing it
+                # (redis-py never shuts a connection down from a process that did not open it).
+                self._client = None
             for attempt in (0, 1):
                 fresh = self._client is None
                 try:
                     if fresh:
                         self._client = self._connect()
+                        self._pid = os.getpid()
                     return work(self._client)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     if isinstance(exc, AuthenticationError):
@@ -179,7 +186,7 @@ class RedisReturner(Returner):
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
-            if client is not None:
+            if client is not None and self._pid == os.getpid():
                 try:
                     client.close()
                 except (RedisError, OSError):

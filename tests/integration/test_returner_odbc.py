@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -304,6 +305,27 @@ def test_one_connection_reused_and_reopened_after_kill(mysql_db, tmp_path, maste
     r.returns([ret_for(jid, "after-kill")])
     assert "after-kill" in r.get_jid(jid)
     assert r._run(lambda conn: conn.cursor().execute("SELECT CONNECTION_ID()").fetchone()[0]) != first
+    r.close()
+
+
+def test_a_forked_child_opens_its_own_connection(mysql_db, tmp_path, master_opts) -> None:
+    r = create("odbc", {**master_opts, **mariadb_config({"mysql_db": mysql_db}, tmp_path)})
+    jid = gen_jid()
+    r.returns([ret_for(jid, "parent")])
+    first = r._run(lambda conn: conn.cursor().execute("SELECT CONNECTION_ID()").fetchone()[0])
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            r.returns([ret_for(jid, "child")])
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    r.returns([ret_for(jid, "parent-again")])
+    assert r._run(lambda conn: conn.cursor().execute("SELECT CONNECTION_ID()").fetchone()[0]) == first
+    assert set(r.get_jid(jid)) == {"parent", "child", "parent-again"}
     r.close()
 
 

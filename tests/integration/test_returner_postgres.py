@@ -388,6 +388,23 @@ def test_one_connection_reused_and_reopened_after_the_server_drops_it(pg, pg_db)
     assert len(after) == 1 and after != sessions
 
 
+def test_a_forked_child_opens_its_own_connection(pg, pg_db) -> None:
+    jid = gen_jid()
+    pg.returns([ret_for(jid, "parent")])
+    pid = os.fork()
+    if pid == 0:  # the child: must not use (nor close) the parent's session
+        code = 1
+        try:
+            pg.returns([ret_for(jid, "child")])
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    pg.returns([ret_for(jid, "parent-again")])  # the parent's connection is intact
+    assert set(pg.get_jid(jid)) == {"parent", "child", "parent-again"}
+
+
 def test_batch_of_1000_is_one_transaction(pg, pg_db) -> None:
     jid = gen_jid()
     pg.init_schema()

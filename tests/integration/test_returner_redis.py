@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -298,6 +299,25 @@ def test_one_connection_reused_and_reopened(rr, client) -> None:
     rr.returns([ret_for(jid, "after-kill")])
     assert "after-kill" in rr.get_jid(jid)
     assert rr._run(lambda c: c.client_id()) != first
+
+
+def test_a_forked_child_opens_its_own_connection(rr, client) -> None:
+    jid = gen_jid()
+    rr.returns([ret_for(jid, "parent")])
+    first = rr._run(lambda c: c.client_id())
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            rr.returns([ret_for(jid, "child")])
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rr.returns([ret_for(jid, "parent-again")])
+    assert rr._run(lambda c: c.client_id()) == first
+    assert set(rr.get_jid(jid)) == {"parent", "child", "parent-again"}
 
 
 def test_batch_of_1000(rr, client) -> None:
