@@ -147,7 +147,6 @@ def _default(value: Any) -> Any:
 
 
 def _pack(value: Any) -> bytes:
-    # a Packer per call: a shared one is not thread-safe, and packb builds one anyway
     return msgpack.packb(value, use_bin_type=True, default=_default)
 
 
@@ -163,7 +162,7 @@ def kwargs_key(kwargs: dict | None) -> str:
 
 
 def _pack_kwargs(kwargs: dict | None) -> bytes | None:
-    return _pack(dict(sorted(kwargs.items()))) if kwargs else None
+    return _pack(kwargs) if kwargs else None
 
 
 def _one_line(exc: BaseException) -> str:
