@@ -240,7 +240,7 @@ def returners_replay(master: Any, name: str) -> dict[str, Any]:
 
 @runner("returners.dead")
 def returners_dead(master: Any, name: str, limit: int = 100) -> list[dict[str, Any]]:
-    return master.outbox.dead_letters(str(name), int(limit))
+    return master.delivery.dead_letters(str(name), int(limit))
 
 
 @runner("returners.init")
