@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
+from saline.config import returner_names
 from saline.minion.executor import Executor
 from saline.minion.spool import Spool
 from saline.targeting import TargetError, compile_target
@@ -76,6 +77,7 @@ class Minion:
         self._accepted = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._last_pong = 0.0
+        self.delivery: Any = None
 
     # -- sockets ---------------------------------------------------------------------------------
     def _endpoint(self, port: int) -> str:
@@ -116,6 +118,8 @@ class Minion:
             self.dealer.disable_monitor()
             for sock in (self.monitor, self.dealer, self.sub):
                 sock.close(0)
+            if self.delivery is not None:
+                self.delivery.stop()
             if self._own_ctx:
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 self.spool.close()
@@ -236,7 +240,29 @@ class Minion:
             from saline.modules.loader import load_functions
 
             self.functions = self.executor.functions = load_functions(self.opts)
+        names = returner_names(publish.get("ret")) + returner_names(self.opts.get("return"))
+        if names:
+            self._return_locally(list(dict.fromkeys(names)), publish, ret)
         if not self.opts.get("pub_ret", True):
             return
         await asyncio.get_running_loop().run_in_executor(None, self.spool.put, self.id, ret["jid"], ret)
         self._send({"cmd": "_return", "load": ret})
+
+    def _return_locally(self, names: list[str], publish: dict[str, Any], ret: dict[str, Any]) -> None:
+        """Minion-side returners (``returners_on_minion`` on the master, or ``return:`` here):
+        through the minion's own durable outbox, so a database that is down loses nothing."""
+        from saline.config import ConfigError
+
+        try:
+            if self.delivery is None:
+                from saline.master.delivery import Delivery
+                from saline.master.outbox import Outbox
+
+                self.delivery = Delivery(self.opts, Outbox(Path(self.opts["cachedir"]) / "outbox.db"))
+                self.delivery.start()
+            items = self.delivery.items_for_return(names, ret, publish.get("ret_config"), publish.get("ret_kwargs"))
+            self.delivery.submit(items)
+        except ConfigError as exc:
+            log.error("job %s: not sent to returners %s: %s", ret["jid"], ",".join(names), exc)
+        except Exception as exc:  # the outbox could not store it: say so, the master still gets the return
+            log.error("job %s: minion-side returners failed: %s", ret["jid"], exc)
