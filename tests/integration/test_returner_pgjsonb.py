@@ -24,6 +24,63 @@ def pgj(pg_db: dict[str, Any], master_opts: dict[str, Any]):
     returner.close()
 
 
+SALT_DDL = """
+DROP TABLE IF EXISTS jids;
+CREATE TABLE jids (
+   jid varchar(255) NOT NULL primary key,
+   load jsonb NOT NULL
+);
+CREATE INDEX idx_jids_jsonb on jids
+       USING gin (load)
+       WITH (fastupdate=on);
+DROP TABLE IF EXISTS salt_returns;
+CREATE TABLE salt_returns (
+  fun varchar(50) NOT NULL,
+  jid varchar(255) NOT NULL,
+  return jsonb NOT NULL,
+  id varchar(255) NOT NULL,
+  success varchar(10) NOT NULL,
+  full_ret jsonb NOT NULL,
+  alter_time TIMESTAMP WITH TIME ZONE DEFAULT NOW());
+CREATE INDEX idx_salt_returns_id ON salt_returns (id);
+CREATE INDEX idx_salt_returns_jid ON salt_returns (jid);
+CREATE INDEX idx_salt_returns_fun ON salt_returns (fun);
+CREATE INDEX idx_salt_returns_return ON salt_returns
+    USING gin (return) with (fastupdate=on);
+CREATE INDEX idx_salt_returns_full_ret ON salt_returns
+    USING gin (full_ret) with (fastupdate=on);
+DROP TABLE IF EXISTS salt_events;
+DROP SEQUENCE IF EXISTS seq_salt_events_id;
+CREATE SEQUENCE seq_salt_events_id;
+CREATE TABLE salt_events (
+    id BIGINT NOT NULL UNIQUE DEFAULT nextval('seq_salt_events_id'),
+    tag varchar(255) NOT NULL,
+    data jsonb NOT NULL,
+    alter_time TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    master_id varchar(255) NOT NULL);
+CREATE INDEX idx_salt_events_tag on
+    salt_events (tag);
+CREATE INDEX idx_salt_events_data ON salt_events
+    USING gin (data) with (fastupdate=on);
+"""
+
+
+def test_tables_made_by_salts_script_and_init_schema_adds_nothing(pg_db, master_opts) -> None:
+    with psycopg.connect(host=pg_db["host"], port=pg_db["port"], user=pg_db["user"], dbname=pg_db["db"],
+                         autocommit=True) as conn:
+        conn.execute(SALT_DDL)
+    before = sql(pg_db, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1")
+    returner = create("pgjsonb", pg_opts(pg_db, master_opts, "returner.pgjsonb"))
+    jid = gen_jid()
+    returner.save_load(jid, publish_load(jid))
+    returner.returns([ret_for(jid, "m1", {"k": "v"})])
+    returner.event_returns([{"tag": "salt/auth", "data": {"result": True}}])
+    assert returner.get_jid(jid)["m1"]["return"] == {"k": "v"} and returner.get_load(jid)["tgt"] == "*"
+    returner.init_schema()
+    assert sql(pg_db, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1") == before
+    returner.close()
+
+
 def test_schema_is_salts_with_gin_fastupdate(pgj, pg_db) -> None:
     types = dict(((t, c), d) for t, c, d in sql(pg_db, "SELECT table_name, column_name, data_type "
                                                        "FROM information_schema.columns WHERE table_schema = 'public'"))
@@ -51,7 +108,6 @@ def test_the_readme_queries(pgj, pg_db) -> None:
     assert sql(pg_db, """SELECT data->>'id' FROM salt_events
                          WHERE tag = 'salt/key' AND data @> '{"act": "accept"}'""") == [("web3",)]
     # and they use the GIN indexes
-    sql(pg_db, "SET enable_seqscan = off")
     with psycopg.connect(host=pg_db["host"], port=pg_db["port"], user=pg_db["user"], dbname=pg_db["db"]) as conn:
         conn.execute("SET enable_seqscan = off")
         plan = "\n".join(r[0] for r in conn.execute(
