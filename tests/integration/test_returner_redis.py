@@ -72,8 +72,12 @@ def redis_private() -> Iterator[dict[str, Any]]:
     folder = Path(tempfile.mkdtemp(prefix="saline-redis-"))
     port = free_port()
     sock = folder / "redis.sock"
-    proc = start_redis(folder, port, "--requirepass", PRIVATE_PASSWORD, "--unixsocket", str(sock),
-                       "--unixsocketperm", "700")
+    try:
+        proc = start_redis(folder, port, "--requirepass", PRIVATE_PASSWORD, "--unixsocket", str(sock),
+                           "--unixsocketperm", "700")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     try:
         yield {"host": "127.0.0.1", "port": port, "password": PRIVATE_PASSWORD, "socket": str(sock)}
     finally:
@@ -87,9 +91,11 @@ def redis_cluster() -> Iterator[list[int]]:
     """A private three-node Redis Cluster (no replicas)."""
     folder = Path(tempfile.mkdtemp(prefix="saline-rcluster-"))
     ports = cluster_ports(3)
-    procs = [start_redis(folder, p, "--cluster-enabled", "yes", "--cluster-config-file", str(folder / f"n{p}.conf"))
-             for p in ports]
+    procs: list[subprocess.Popen] = []
     try:
+        for port in ports:
+            procs.append(start_redis(folder, port, "--cluster-enabled", "yes",
+                                     "--cluster-config-file", str(folder / f"n{port}.conf")))
         subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
         for _ in range(200):  # every node must see the whole cluster before it takes writes
