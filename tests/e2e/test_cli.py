@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -50,15 +51,31 @@ def test_batches_async_and_job_listing(three: LocalCluster) -> None:
 
 def test_state_event_shows_job_events_live(three: LocalCluster) -> None:
     watcher = subprocess.Popen([sys.executable, "-m", "saline.cli.run", "-c", str(three.master_dir), "state.event",
-                                "tagmatch=salt/job/*", "count=3"], stdout=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    three.cli("saline", "a1,a2", "-L", "test.ping")
-    out, _ = watcher.communicate(timeout=20)
-    tags = [line.split("\t", 1)[0] for line in out.splitlines()]
-    assert len(tags) == 3 and tags[0].endswith("/new")
-    assert {t.rsplit("/", 1)[-1] for t in tags[1:3]} == {"a1", "a2"}
-    data = json.loads(out.splitlines()[1].split("\t", 1)[1])
-    assert data["return"] is True and data["_stamp"]
+                                "tagmatch=salt/job/*"], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        jids = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the watcher is subscribed and has seen one whole job
+            out = three.cli("saline", "a1,a2", "-L", "test.ping", "-v").stdout
+            jids.append(re.search(r"jid (\d{20})", out).group(1))
+            time.sleep(0.3)
+            seen = [line for line in list(lines) if any(j in line for j in jids)]
+            if any(f"{j}/new" in "".join(seen) for j in jids):
+                jid = next(j for j in jids if f"{j}/new" in "".join(seen))
+                mine = [line for line in seen if jid in line.split("\t", 1)[0]]
+                if len(mine) == 3:
+                    break
+        tags = [line.split("\t", 1)[0] for line in mine]
+        assert tags[0] == f"salt/job/{jid}/new"
+        assert {t.rsplit("/", 1)[-1] for t in tags[1:]} == {"a1", "a2"}
+        data = json.loads(mine[1].split("\t", 1)[1])
+        assert data["return"] is True and data["_stamp"]
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
 
 
 def test_jobs_active_lists_a_running_job(three: LocalCluster) -> None:
@@ -116,3 +133,11 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
     (cfg / "minion").write_text(f"pki_dir: {tmp_path}/mp\ncachedir: {tmp_path}/mc\n")
     no_key = subprocess.run([sys.executable, "-m", "saline.cli.minion", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
     assert no_key.returncode == 2 and "master's public key is not known" in no_key.stderr
+
+
+def test_job_timeout_stops_the_job_on_the_minion(three: LocalCluster) -> None:
+    started = time.monotonic()
+    result = three.cli("saline", "a1", "cmd.run", "sleep 30; echo never", "--job-timeout", "1", "-t", "10")
+    assert time.monotonic() - started < 8
+    assert result.returncode == 1 and "never" not in result.stdout
+    assert "timeout" in result.stdout.lower() or "timed out" in result.stdout.lower() or "killed" in result.stdout.lower()

@@ -127,3 +127,27 @@ def test_mysql_as_job_cache_and_event_return(tmp_path: Path, salt_db: dict) -> N
         assert f"salt/job/{jid}/new" in tags and f"salt/job/{jid}/ret/db1" in tags
         master_ids = {r[0] for r in _query(salt_db, "SELECT DISTINCT master_id FROM salt_events")}
         assert master_ids == {"master"}
+
+
+def test_returners_init_creates_salts_tables_then_status_reports(tmp_path: Path, mysql_db: dict) -> None:
+    conn = pymysql.connect(host=mysql_db["host"], port=mysql_db["port"], user=mysql_db["user"],
+                           password=mysql_db["pass"], autocommit=True)
+    with conn.cursor() as cur:
+        for host in ("127.0.0.1", "localhost"):
+            cur.execute(f"CREATE USER IF NOT EXISTS 'salt'@'{host}' IDENTIFIED BY 'saltpass'")
+            cur.execute(f"GRANT ALL ON `{mysql_db['db']}`.* TO 'salt'@'{host}'")
+    conn.close()
+    db = {**mysql_db, "user": "salt", "pass": "saltpass"}
+    with LocalCluster(tmp_path, master_opts=_mysql_opts(db)) as cluster:
+        cluster.start_master()
+        init = cluster.cli("saline-run", "returners.init", "mysql")
+        assert init.returncode == 0, init.stderr
+        tables = {r[0] for r in _query(db, "SHOW TABLES")}
+        assert {"jids", "salt_returns", "salt_events"} <= tables
+        cluster.start_minion("m1")
+        cluster.accept("m1")
+        assert cluster.cli("saline", "m1", "test.ping", "--return", "mysql").returncode == 0
+        _wait_rows(cluster, db, "SELECT id FROM salt_returns", (), 1)
+        status = json.loads(cluster.cli("saline-run", "returners.status", "--out", "json").stdout)
+        assert status["mysql"]["delivered"] >= 2 and status["mysql"]["dead"] == 0
+        assert "saltpass" not in json.dumps(status)
