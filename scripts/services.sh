@@ -35,3 +35,10 @@ if ! up 6379; then
   wait_port Redis 6379
 fi
 echo "servers up: MariaDB 3306, PostgreSQL 5432, Redis 6379"
+
+# Servers of the other returners: one script each, sourced so they share up()/wait_port().
+for extra in "$(dirname "$0")"/services.d/*.sh; do
+  [ -e "$extra" ] || continue
+  # shellcheck source=/dev/null
+  . "$extra"
+done
