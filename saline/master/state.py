@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS minions (id TEXT PRIMARY KEY, grains BLOB, last_seen 
 """
 
 
+#: jobs whose expected/returned sets and load stay in memory (the rest are read from disk)
+MEMORY_JOBS = 10_000
+
+
 def _pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True, default=str)
 
@@ -49,8 +53,10 @@ class MasterState:
         for mid, grains, seen in self.db.execute("SELECT id, grains, last_seen FROM minions"):
             self.grains[mid] = _unpack(grains)
             self.last_seen[mid] = seen or 0.0
-        # jids of jobs still in memory: jid -> (expected set, returned set)
+        # jids of jobs still in memory: jid -> (expected set, returned set), and their loads, so the
+        # return path reads neither from disk
         self._jobs: dict[str, tuple[set[str], set[str]]] = {}
+        self._loads: dict[str, dict[str, Any]] = {}
 
     # -- jobs ------------------------------------------------------------------------------------
     def add_job(self, jid: str, load: dict[str, Any], minions: list[str], timeout: float) -> None:
@@ -58,6 +64,9 @@ class MasterState:
             self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?)",
                             (jid, _pack(load), _pack(minions), time.time(), timeout))
         self._jobs[jid] = (set(minions), set())
+        self._loads[jid] = load
+        while len(self._jobs) > MEMORY_JOBS:  # the oldest go back to disk only
+            self.drop_from_memory(next(iter(self._jobs)))
 
     def job(self, jid: str) -> tuple[set[str], set[str]] | None:
         """(expected, returned) for a job, loading it from disk after a restart."""
@@ -74,9 +83,15 @@ class MasterState:
         return known
 
     def job_load(self, jid: str) -> dict[str, Any] | None:
+        load = self._loads.get(jid)
+        if load is not None:
+            return load
         with self.lock:
             row = self.db.execute("SELECT load FROM jobs WHERE jid = ?", (jid,)).fetchone()
-        return _unpack(row[0]) if row else None
+        if row is None:
+            return None
+        load = self._loads[jid] = _unpack(row[0])
+        return load
 
     def record_returns(self, rows: Iterable[tuple[str, str, int]]) -> None:
         now = time.time()
@@ -90,6 +105,8 @@ class MasterState:
             job = self._jobs.get(jid)
             if job is not None:
                 job[1].add(mid)
+                if job[0] <= job[1]:  # complete: a late duplicate reads it back from disk
+                    self.drop_from_memory(jid)
 
     def recent_jobs(self, since: float) -> list[tuple[str, dict[str, Any], list[str], set[str]]]:
         with self.lock:
@@ -109,11 +126,12 @@ class MasterState:
             self.db.executemany("DELETE FROM jobs WHERE jid = ?", [(j,) for j in old])
             self.db.execute("COMMIT")
         for jid in old:
-            self._jobs.pop(jid, None)
+            self.drop_from_memory(jid)
         return len(old)
 
     def drop_from_memory(self, jid: str) -> None:
         self._jobs.pop(jid, None)
+        self._loads.pop(jid, None)
 
     # -- minions ---------------------------------------------------------------------------------
     def saw_minion(self, minion_id: str, grains: dict | None) -> None:
