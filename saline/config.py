@@ -47,7 +47,6 @@ _COMMON: dict[str, tuple[tuple[type, ...], Any]] = {
     "keep_jobs": ((int, float), 24),
     "keep_jobs_seconds": ((int, float), None),
     "archive_jobs": ((bool,), False),
-    "user": ((str,), None),
 }
 
 MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -82,8 +81,7 @@ MINION_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "acceptance_wait_time": ((int, float), 10),
     "ping_interval": ((int, float), 10),
     "spool_resend_seconds": ((int, float), 5),
-    "multiprocessing": ((bool,), False),
-    "returners_on_minion": ((bool,), False),
+    "job_timeout": ((int, float), 0),
     "pub_ret": ((bool,), True),
 }
 
