@@ -4,6 +4,13 @@ One asyncio loop owns the sockets. Returns are handled in groups: every message 
 on the return socket is read, the accepted returns are written to the outbox in one transaction
 (group commit), and only then are the minions acknowledged — so an acknowledged return is never
 lost, and a return the master could not store stays in the minion's spool.
+
+The publish socket is an XPUB: ZeroMQ runs the ZAP check only when a subscriber connects, so when
+an accepted key is deleted or rejected the master unbinds and binds the socket again, which drops
+every subscriber; the accepted ones reconnect and pass ZAP again, the revoked one is refused.
+Every subscription reaches the master with the subscriber's key (``User-Id``), so it knows who
+listened before and holds the jobs published meanwhile until those minions are back (at most
+``PUB_REBIND_HOLD`` seconds): a revocation delays publishes a little and loses none.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from saline.transport.zeromq import PUB_DOMAIN, RET_DOMAIN, ZapHandler, server_s
 log = logging.getLogger(__name__)
 
 GROUP_MAX = 2000  # messages handled per group commit
+#: after re-binding the publish socket, jobs wait at most this long for the listening minions
+PUB_REBIND_HOLD = 2.0
+#: how often the master looks for revoked keys (the latency of a revocation on the publish port)
+KEY_CHECK_INTERVAL = 0.25
 
 
 def _retcode(value: Any) -> int:
@@ -59,7 +70,11 @@ class Master:
         self.events = EventBus()
         self.max_size = int(opts["max_frame_size"])
         self.job_cache = opts.get("master_job_cache") or "saline_cache"
-        self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "untargeted": 0, "duplicates": 0}
+        self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "untargeted": 0, "duplicates": 0,
+                      "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0}
+        self._subscribers: dict[str, float] = {}  # key -> when it subscribed to the publish socket
+        self._held: list[bytes] | None = None      # publishes waiting while the socket is re-bound
+        self._accepted_keys: set[str] = set()
         self._stop = asyncio.Event()
         self.ctx: zmq.asyncio.Context | None = None
         self._check_returner_config()
@@ -88,8 +103,10 @@ class Master:
         self.zap = ZapHandler(self.ctx, self.keys, open_mode=bool(self.opts.get("open_mode")),
                               on_refused=self._on_refused)
         iface = self.opts["interface"]
-        self.pub = server_socket(self.ctx, zmq.PUB, self.secret_key, PUB_DOMAIN,
+        self.pub = server_socket(self.ctx, zmq.XPUB, self.secret_key, PUB_DOMAIN,
                                  tcp_endpoint(iface, self.opts["publish_port"]), self.max_size)
+        self._pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._accepted_keys = self._accepted_key_set()
         self.router = server_socket(self.ctx, zmq.ROUTER, self.secret_key, RET_DOMAIN,
                                     tcp_endpoint(iface, self.opts["ret_port"]), self.max_size)
         from saline.master.localapi import LocalAPI
@@ -99,6 +116,7 @@ class Master:
         self.delivery.start()
         tasks = [asyncio.create_task(self.zap.serve(), name="zap"),
                  asyncio.create_task(self._return_loop(), name="returns"),
+                 asyncio.create_task(self._subscription_loop(), name="subscriptions"),
                  asyncio.create_task(self._maintenance(), name="maintenance")]
         log.info("master %s listening on %s (publish %s, return %s)", self.opts["id"], iface,
                  self.opts["publish_port"], self.opts["ret_port"])
@@ -164,9 +182,79 @@ class Master:
                 "user": load["user"], "ret": load["ret"] if self.opts.get("returners_on_minion") else "",
                 "job_timeout": request.get("job_timeout"), "ret_config": request.get("ret_config"),
                 "ret_kwargs": request.get("ret_kwargs"), "metadata": request.get("metadata")}
-        self.pub.send(encode({k: v for k, v in wire.items() if v not in (None, "")}))
+        self._send_publish(encode({k: v for k, v in wire.items() if v not in (None, "")}))
         log.info("published %s %s to %s (%d minions expected)", jid, fun, tgt, len(minions))
         return {"jid": jid, "minions": minions}
+
+    def _send_publish(self, data: bytes) -> None:
+        if self._held is not None:  # the socket is being re-bound: the job waits for the minions
+            self._held.append(data)
+            self.stats["pub_held"] += 1
+            return
+        self.pub.send(data)
+
+    # -- who listens on the publish socket -------------------------------------------------------
+    async def _subscription_loop(self) -> None:
+        """Read the subscriptions (XPUB_VERBOSE): each carries the subscriber's key."""
+        while True:
+            frame = await self.pub.recv(copy=False)
+            if frame.bytes[:1] != b"\x01":
+                continue  # an unsubscription (a peer left): libzmq makes those without a key
+            try:
+                key = frame.get("User-Id")
+            except zmq.ZMQError:
+                continue
+            if key:
+                self._subscribers[key] = time.monotonic()
+
+    def _accepted_key_set(self) -> set[str]:
+        keys = (self.keys.accepted_key(mid) for mid in self.keys.ids(ACCEPTED))
+        return {k for k in keys if k}
+
+    async def _check_revoked(self) -> None:
+        """Drop every subscriber when an accepted key was deleted or rejected (see the docstring)."""
+        self.keys.refresh()
+        current = self._accepted_key_set()
+        revoked = self._accepted_keys - current
+        self._accepted_keys = current
+        if revoked and not self.opts.get("open_mode"):
+            await self._rebind_pub(len(revoked), current)
+
+    async def _rebind_pub(self, n_revoked: int, accepted: set[str]) -> None:
+        started = time.monotonic()
+        recent = time.time() - 120  # a minion not heard of for that long is not waited for
+        awaited = set()
+        for key in self._subscribers:
+            info = self.keys.by_key(key)
+            if key in accepted and info is not None and self.state.last_seen.get(info.minion_id, 0) >= recent:
+                awaited.add(key)
+        self._subscribers = {}
+        self._held = []
+        try:
+            self.pub.unbind(self._pub_endpoint)
+            while True:
+                try:
+                    self.pub.bind(self._pub_endpoint)
+                    break
+                except zmq.ZMQError as exc:  # the old listener closes in libzmq's I/O thread
+                    if exc.errno != zmq.EADDRINUSE or time.monotonic() - started > 10:
+                        raise
+                    await asyncio.sleep(0.005)
+            deadline = started + PUB_REBIND_HOLD
+            while not awaited <= self._subscribers.keys() and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+        except zmq.ZMQError as exc:
+            log.error("cannot re-bind the publish socket %s: %s", self._pub_endpoint, exc)
+        finally:
+            held, self._held = self._held, None
+            for data in held:
+                self.pub.send(data)
+        back = len(awaited & self._subscribers.keys())
+        took = (time.monotonic() - started) * 1000
+        self.stats["pub_rebinds"] += 1
+        self.stats["pub_rebind_ms"] = round(took, 1)
+        log.info("%d key(s) revoked: publish socket re-bound; %d of %d minions back in %.0f ms, %d job(s) held",
+                 n_revoked, back, len(awaited), took, len(held))
 
     def _job_returners(self, ret: Any) -> list[str]:
         """Where a job's load and returns go: the job cache, ext_job_cache, ``return:``, ``--return``."""
@@ -344,9 +432,13 @@ class Master:
         interval = float(self.opts.get("loop_interval") or 60)
         last_clean = 0.0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(KEY_CHECK_INTERVAL)
             if self.keys.refresh():
                 self.events.fire("salt/key", {"act": "refresh", "listing": self.keys.listing()})
+            try:
+                await self._check_revoked()
+            except Exception as exc:  # the next tick tries again; the loop must go on
+                log.error("checking for revoked keys failed: %s", exc)
             now = time.time()
             if now - last_clean >= interval:
                 last_clean = now

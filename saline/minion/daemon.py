@@ -180,8 +180,9 @@ class Minion:
                 self.spool.ack(self.id, str(message.get("jid")))
             elif cmd == "welcome":
                 if not self._accepted.is_set():
-                    if self.state == "pending":
-                        # ZeroMQ gives up on a publish socket refused while the key was pending.
+                    if self.state in ("pending", "rejected", "not_accepted"):
+                        # ZeroMQ gives up on a publish socket refused while the key was pending,
+                        # rejected or revoked (ZAP's 400 is final for libzmq).
                         await self._reopen_sub()
                     self.state = "accepted"
                     self._accepted.set()

@@ -94,8 +94,11 @@ def server_socket(ctx: zmq.asyncio.Context, kind: int, secret_key: str, domain: 
     sock.linger = 1000
     if kind == zmq.ROUTER:
         sock.router_mandatory = False
-    if kind == zmq.PUB:
+    if kind in (zmq.PUB, zmq.XPUB):
         sock.sndhwm = 100_000
+    if kind == zmq.XPUB:
+        # every subscription reaches the master with its peer's User-Id: it learns who listens
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)
     sock.bind(endpoint)
     return sock
 
