@@ -35,6 +35,13 @@ BUILTIN: dict[str, str] = {
     "odbc": "saline.returners.odbc:OdbcReturner",
     "redis": "saline.returners.redis:RedisReturner",
     "redis_return": "saline.returners.redis:RedisReturner",
+    "splunk": "saline.returners.splunk:SplunkReturner",
+    "memcache": "saline.returners.memcache:MemcacheReturner",
+    "etcd": "saline.returners.etcd:EtcdReturner",
+    "influxdb": "saline.returners.influxdb:InfluxdbReturner",
+    "carbon": "saline.returners.carbon:CarbonReturner",
+    "couchdb": "saline.returners.couchdb:CouchdbReturner",
+    "elasticsearch": "saline.returners.elasticsearch:ElasticsearchReturner",
 }
 
 _custom: dict[str, type[Returner]] = {}
