@@ -36,6 +36,7 @@ BUILTIN: dict[str, str] = {
     "redis": "saline.returners.redis:RedisReturner",
     "redis_return": "saline.returners.redis:RedisReturner",
     "splunk": "saline.returners.splunk:SplunkReturner",
+    "nagios_nrdp": "saline.returners.nagios_nrdp:NagiosNrdpReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
