@@ -37,6 +37,7 @@ BUILTIN: dict[str, str] = {
     "redis_return": "saline.returners.redis:RedisReturner",
     "splunk": "saline.returners.splunk:SplunkReturner",
     "nagios_nrdp": "saline.returners.nagios_nrdp:NagiosNrdpReturner",
+    "zabbix": "saline.returners.zabbix:ZabbixReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
