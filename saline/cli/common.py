@@ -63,6 +63,23 @@ def setup_logging(opts: dict[str, Any], console_level: str | None, log_file: str
     root.setLevel(level)
 
 
+def raise_open_files(wanted: int) -> int:
+    """Raise the open-files limit towards ``wanted`` (past the hard limit where allowed, as root);
+    every connected minion costs the master two sockets and a swarm minion several. The limit now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    for limits in ((wanted, max(hard, wanted)), (min(hard, wanted), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return limits[0]
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
 def daemonize() -> None:
     """Detach from the terminal (double fork), keeping the working directory."""
     if os.fork() > 0:

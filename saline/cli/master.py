@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saline.cli.common import add_config_args, fail, load_opts, run_daemon
+from saline.cli.common import add_config_args, fail, load_opts, raise_open_files, run_daemon
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         except (ConfigError, OutboxError) as exc:
             fail(str(exc))
 
+    raise_open_files(100_000)  # two sockets per connected minion (Salt's max_open_files: 100000)
     run_daemon("saline-master", make, opts, args)
 
 

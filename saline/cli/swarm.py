@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import resource
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from saline.cli.common import add_config_args, fail, load_opts, setup_logging
+from saline.cli.common import add_config_args, fail, load_opts, raise_open_files, setup_logging
 
 
 def build(opts: dict[str, Any], count: int, prefix: str, root: Path, accept_into: str | None) -> list[Any]:
@@ -44,10 +43,12 @@ def build(opts: dict[str, Any], count: int, prefix: str, root: Path, accept_into
         public, _ = ensure_keypair(pki, "minion")
         (pki / "minion_master.pub").write_text(master_key)
         if store is not None and store.accepted_key(mid) != public:
-            store.add(ACCEPTED, mid, public)
+            store.add(ACCEPTED, mid, public, refresh=False)
         minion_opts = {**opts, "id": mid, "pki_dir": str(pki)}
         grains = {**base_grains, "id": mid, "swarm_index": n}
         minions.append(Minion(minion_opts, ctx=ctx, spool=spool, grains=grains, functions=functions, pool=pool))
+    if store is not None:
+        store.refresh(force=True)
     return minions
 
 
@@ -63,9 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         fail("the swarm needs at least one minion")
     opts = load_opts("minion", args)
     setup_logging(opts, args.log_level, args.log_file)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, max(soft, 8 * args.count + 256))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    wanted = 8 * args.count + 256  # per minion: two TCP sockets, their mailboxes and a monitor pair
+    if raise_open_files(wanted) < wanted:
+        print(f"WARNING: the open-files limit is below {wanted}: some of the {args.count} minions may not connect",
+              file=sys.stderr)
     root = Path(args.root or Path(opts["cachedir"]) / "swarm")
     root.mkdir(parents=True, exist_ok=True)
 

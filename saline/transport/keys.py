@@ -118,11 +118,14 @@ class KeyStore:
         return self._by_id[state].get(minion_id)
 
     # -- changing ----------------------------------------------------------------------------
-    def add(self, state: str, minion_id: str, public_key: str) -> None:
+    def add(self, state: str, minion_id: str, public_key: str, refresh: bool = True) -> None:
+        """Write a key; ``refresh=False`` skips re-reading the folders (a caller adding thousands
+        of keys refreshes once at the end)."""
         if not valid_id(minion_id):
             raise KeyError_(f"invalid minion id {minion_id!r}")
         _write_private(self.root / state / minion_id, public_key + "\n")
-        self.refresh(force=True)
+        if refresh:
+            self.refresh(force=True)
 
     def move(self, minion_id: str, src: str, dst: str) -> bool:
         path = self.root / src / minion_id
