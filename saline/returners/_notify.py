@@ -109,3 +109,17 @@ def http_failure(name: str, where: str, secrets: list[str], exc: BaseException |
     if status is not None and (status >= 500 or status in _RETRY_LATER):
         return BackendUnavailable(one_line(name, text, secrets))
     return ReturnerError(one_line(name, text, secrets))
+
+
+def apply_profile(prefix: str, opts: dict[str, Any], master_opts: Any, names: Iterable[str],
+                  profile_option: str = "profile") -> None:
+    """Salt's ``<prefix>.profile``: the name of a config map whose ``<prefix>.<option>`` keys
+    supply ``names`` (credentials kept in one place). A key the profile lacks keeps its value."""
+    profile = opts.get(profile_option)
+    creds = master_opts.get(profile) if profile and hasattr(master_opts, "get") else None
+    if not isinstance(creds, dict):
+        return
+    for name in names:
+        value = creds.get(f"{prefix}.{name}")
+        if value not in (None, "", "None"):
+            opts[name] = value

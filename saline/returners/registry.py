@@ -38,6 +38,7 @@ BUILTIN: dict[str, str] = {
     "splunk": "saline.returners.splunk:SplunkReturner",
     "nagios_nrdp": "saline.returners.nagios_nrdp:NagiosNrdpReturner",
     "zabbix": "saline.returners.zabbix:ZabbixReturner",
+    "pushover": "saline.returners.pushover:PushoverReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
