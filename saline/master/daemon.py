@@ -44,6 +44,8 @@ GROUP_MAX = 2000  # messages handled per group commit
 PUB_REBIND_HOLD = 2.0
 #: how often the master looks for revoked keys (the latency of a revocation on the publish port)
 KEY_CHECK_INTERVAL = 0.25
+#: while the outbox cannot be written, the error is logged at most this often (with a count)
+STORE_ERROR_EVERY = 30.0
 
 
 def _retcode(value: Any) -> int:
@@ -71,7 +73,9 @@ class Master:
         self.max_size = int(opts["max_frame_size"])
         self.job_cache = opts.get("master_job_cache") or "saline_cache"
         self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "untargeted": 0, "duplicates": 0,
-                      "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0}
+                      "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0, "store_failures": 0}
+        self._store_failing_since: float | None = None  # when the outbox began refusing returns
+        self._store_logged = (0.0, 0)                    # (when the last error line was, returns refused since)
         self._subscribers: dict[str, float] = {}  # key -> when it subscribed to the publish socket
         self._held: list[bytes] | None = None      # publishes waiting while the socket is re-bound
         self._accepted_keys: set[str] = set()
@@ -166,9 +170,12 @@ class Master:
         }
         if request.get("metadata"):
             load["metadata"] = request["metadata"]
+        # The job cache, the returners and the event bus get the load with the secret options of
+        # --return_kwargs masked; only master.db keeps them, to deliver the returns with them.
+        shown = self._masked_load(load, names)
         try:
-            items = self.delivery.items_for_load(names, jid, load, minions)
-            items += self._event_items(self.events.fire(job_new_tag(jid), {**load, "minions": minions}))
+            items = self.delivery.items_for_load(names, jid, shown, minions)
+            items += self._event_items(self.events.fire(job_new_tag(jid), {**shown, "minions": minions}))
             self.delivery.submit(items)
         except ConfigError as exc:
             raise PublishError(str(exc)) from None
@@ -185,6 +192,102 @@ class Master:
         self._send_publish(encode({k: v for k, v in wire.items() if v not in (None, "")}))
         log.info("published %s %s to %s (%d minions expected)", jid, fun, tgt, len(minions))
         return {"jid": jid, "minions": minions}
+
+    def _masked_load(self, load: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        from saline.returners.options import MASK
+
+        kwargs = load["kwargs"].get("ret_kwargs")
+        if not kwargs:
+            return load
+        if isinstance(kwargs, str):  # JSON text from an API client: read it to mask what is secret
+            import json
+
+            try:
+                kwargs = json.loads(kwargs)
+            except ValueError:
+                kwargs = None
+        if isinstance(kwargs, dict):
+            secret: set[str] = set()
+            for name in names:
+                try:
+                    cls = self.delivery._class(name)
+                except ConfigError:
+                    continue
+                secret.update(k for o in cls.options if o.secret for k in (o.name, o.suffix))
+            shown_kwargs: Any = {k: (MASK if k in secret and v not in (None, "") else v) for k, v in kwargs.items()}
+        else:
+            shown_kwargs = MASK
+        return {**load, "kwargs": {**load["kwargs"], "ret_kwargs": shown_kwargs}}
+
+    def _send_publish(self, data: bytes) -> None:
+        if self._held is not None:  # the socket is being re-bound: the job waits for the minions
+            self._held.append(data)
+            self.stats["pub_held"] += 1
+            return
+        self.pub.send(data)
+
+    # -- who listens on the publish socket -------------------------------------------------------
+    async def _subscription_loop(self) -> None:
+        """Read the subscriptions (XPUB_VERBOSE): each carries the subscriber's key."""
+        while True:
+            frame = await self.pub.recv(copy=False)
+            if frame.bytes[:1] != b"\x01":
+                continue  # an unsubscription (a peer left): libzmq makes those without a key
+            try:
+                key = frame.get("User-Id")
+            except zmq.ZMQError:
+                continue
+            if key:
+                self._subscribers[key] = time.monotonic()
+
+    def _accepted_key_set(self) -> set[str]:
+        keys = (self.keys.accepted_key(mid) for mid in self.keys.ids(ACCEPTED))
+        return {k for k in keys if k}
+
+    async def _check_revoked(self) -> None:
+        """Drop every subscriber when an accepted key was deleted or rejected (see the docstring)."""
+        self.keys.refresh()
+        current = self._accepted_key_set()
+        revoked = self._accepted_keys - current
+        self._accepted_keys = current
+        if revoked and not self.opts.get("open_mode"):
+            await self._rebind_pub(len(revoked), current)
+
+    async def _rebind_pub(self, n_revoked: int, accepted: set[str]) -> None:
+        started = time.monotonic()
+        recent = time.time() - 120  # a minion not heard of for that long is not waited for
+        awaited = set()
+        for key in self._subscribers:
+            info = self.keys.by_key(key)
+            if key in accepted and info is not None and self.state.last_seen.get(info.minion_id, 0) >= recent:
+                awaited.add(key)
+        self._subscribers = {}
+        self._held = []
+        try:
+            self.pub.unbind(self._pub_endpoint)
+            while True:
+                try:
+                    self.pub.bind(self._pub_endpoint)
+                    break
+                except zmq.ZMQError as exc:  # the old listener closes in libzmq's I/O thread
+                    if exc.errno != zmq.EADDRINUSE or time.monotonic() - started > 10:
+                        raise
+                    await asyncio.sleep(0.005)
+            deadline = started + PUB_REBIND_HOLD
+            while not awaited <= self._subscribers.keys() and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+        except zmq.ZMQError as exc:
+            log.error("cannot re-bind the publish socket %s: %s", self._pub_endpoint, exc)
+        finally:
+            held, self._held = self._held, None
+            for data in held:
+                self.pub.send(data)
+        back = len(awaited & self._subscribers.keys())
+        took = (time.monotonic() - started) * 1000
+        self.stats["pub_rebinds"] += 1
+        self.stats["pub_rebind_ms"] = round(took, 1)
+        log.info("%d key(s) revoked: publish socket re-bound; %d of %d minions back in %.0f ms, %d job(s) held",
+                 n_revoked, back, len(awaited), took, len(held))
 
     def _send_publish(self, data: bytes) -> None:
         if self._held is not None:  # the socket is being re-bound: the job waits for the minions
@@ -420,12 +523,30 @@ class Master:
                 self.delivery.submit(items)
             except OutboxError as exc:
                 # Not stored: no ack, so the minions keep these returns in their spools and resend.
-                log.error("cannot store %d returns, minions will resend: %s", len(fresh), exc)
+                self._store_failed(len(fresh), exc)
                 return replies
+            if self._store_failing_since is not None:
+                log.warning("returns are stored again, after %.0f s of refusals (%d returns refused, resent by "
+                            "the minions)", time.monotonic() - self._store_failing_since, self.stats["store_failures"])
+                self._store_failing_since = None
             self.state.record_returns(fresh)
             for tag, data in to_fire:  # only once stored, so no one sees a return that could be lost
                 self.events.fire(tag, data)
         return replies + acks
+
+    def _store_failed(self, n: int, exc: OutboxError) -> None:
+        """One error line when the outbox starts refusing, then one every STORE_ERROR_EVERY seconds:
+        every minion resends every few seconds, and a full disk must not fill the log too."""
+        now = time.monotonic()
+        self.stats["store_failures"] += n
+        last, since_last = self._store_logged
+        since_last += n
+        if self._store_failing_since is None or now - last >= STORE_ERROR_EVERY:
+            self._store_failing_since = self._store_failing_since or now
+            log.error("cannot store %d returns, minions will resend: %s", since_last, exc)
+            self._store_logged = (now, 0)
+        else:
+            self._store_logged = (last, since_last)
 
     # -- housekeeping ----------------------------------------------------------------------------
     async def _maintenance(self) -> None:
