@@ -50,8 +50,8 @@ class PushoverReturner(Returner):
     extra = "pushover"
     summary = "Pushover: a notification per return, Salt's text"
     options = (
-        Option("user", required=True, secret=True, doc="the user or group key to notify"),
-        Option("token", required=True, secret=True, doc="the application's API token"),
+        Option("user", secret=True, doc="the user or group key to notify; required, here or in the profile"),
+        Option("token", secret=True, doc="the application's API token; required, here or in the profile"),
         Option("title", doc="message title (default: the application's name)"),
         Option("device", doc="device name(s) to send to, comma-separated (default: all)"),
         Option("priority", default="0", doc="-2 to 2; 2 (emergency) needs expire and retry"),
@@ -68,6 +68,9 @@ class PushoverReturner(Returner):
         super().__init__(options, master_opts)
         apply_profile("pushover", self.opts, self.master_opts,
                       ("user", "token", "title", "device", "priority", "expire", "retry", "sound", "api_version"))
+        missing = [f"pushover.{k}" for k in ("user", "token") if not self.opts.get(k)]
+        if missing:
+            raise ConfigError(f"returner pushover: required option {', '.join(missing)} is not set (nor in pushover.profile)")
         if str(self.opts.get("priority") or "0").strip() == "2" and not (self.opts.get("expire") and self.opts.get("retry")):
             raise ConfigError("returner pushover: priority 2 needs pushover.expire and pushover.retry")
         base = str(self.opts["api_url"]).rstrip("/")

@@ -39,6 +39,7 @@ BUILTIN: dict[str, str] = {
     "nagios_nrdp": "saline.returners.nagios_nrdp:NagiosNrdpReturner",
     "zabbix": "saline.returners.zabbix:ZabbixReturner",
     "pushover": "saline.returners.pushover:PushoverReturner",
+    "slack": "saline.returners.slack:SlackReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",

@@ -54,7 +54,7 @@ def test_emergency_priority_and_profile(capture: Capture, master_opts: dict[str,
                                      "pushover.priority": 2})
     # the token from a profile, as Salt's pushover_profile example
     r = registry.create("pushover", {**master_opts, "pushover_profile": {"pushover.token": TOKEN},
-                                     "pushover": {"user": USER, "token": "placeholder", "profile": "pushover_profile",
+                                     "pushover": {"user": USER, "profile": "pushover_profile",
                                                   "priority": "2", "expire": 3600, "retry": 60,
                                                   "api_url": capture.url}})
     r.returns([ret(gen_jid(), "web1")])
