@@ -40,6 +40,7 @@ BUILTIN: dict[str, str] = {
     "zabbix": "saline.returners.zabbix:ZabbixReturner",
     "pushover": "saline.returners.pushover:PushoverReturner",
     "slack": "saline.returners.slack:SlackReturner",
+    "sms": "saline.returners.sms:SmsReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
