@@ -41,6 +41,7 @@ BUILTIN: dict[str, str] = {
     "pushover": "saline.returners.pushover:PushoverReturner",
     "slack": "saline.returners.slack:SlackReturner",
     "sms": "saline.returners.sms:SmsReturner",
+    "sentry": "saline.returners.sentry:SentryReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
