@@ -196,29 +196,36 @@ class LocalAPI:
 
     async def _find_job(self, jid: str, minions: list[str]) -> list[str]:
         """The minions (among ``minions``) that report job ``jid`` as still running."""
-        master = self.master
-        probe_jid = gen_jid(bool(master.opts.get("unique_jid")))
-        sub = master.events.subscribe(f"salt/job/{probe_jid}/ret/")
-        running: list[str] = []
         try:
-            published = master.publish({"jid": probe_jid, "tgt": minions, "tgt_type": "list",
-                                        "fun": "saltutil.find_job", "arg": [jid], "user": "root"})
-            pending = set(published["minions"])
-            deadline = time.monotonic() + float(master.opts.get("gather_job_timeout") or 10)
-            while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    event = await asyncio.wait_for(sub.queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                data = event["data"]
-                pending.discard(data.get("id"))
-                if data.get("return"):
-                    running.append(data["id"])
+            answers = await gather_returns(self.master, minions, "saltutil.find_job", [jid],
+                                           float(self.master.opts.get("gather_job_timeout") or 10))
         except Exception as exc:
             log.warning("find_job for %s failed: %s", jid, exc)
-        finally:
-            master.events.unsubscribe(sub)
-        return running
+            return []
+        return [mid for mid, ret in answers.items() if ret]
+
+
+async def gather_returns(master: Any, targets: list[str], fun: str, arg: list[Any], timeout: float) -> dict[str, Any]:
+    """Publish ``fun`` to ``targets`` (a list) and collect ``{minion: return}`` for up to ``timeout`` s."""
+    jid = gen_jid(bool(master.opts.get("unique_jid")))
+    sub = master.events.subscribe(f"salt/job/{jid}/ret/")
+    out: dict[str, Any] = {}
+    try:
+        published = master.publish({"jid": jid, "tgt": targets, "tgt_type": "list", "fun": fun, "arg": arg,
+                                    "user": "root"})
+        pending = set(published["minions"])
+        deadline = time.monotonic() + timeout
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), remaining)
+            except asyncio.TimeoutError:
+                break
+            mid = event["data"].get("id")
+            pending.discard(mid)
+            out[mid] = event["data"].get("return")
+    finally:
+        master.events.unsubscribe(sub)
+    return out

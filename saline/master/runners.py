@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import inspect
-import time
 from typing import Any, Callable
 
 from saline.config import ConfigError
@@ -183,29 +182,9 @@ async def active(master: Any) -> dict[str, Any]:
 
 
 async def _gather(master: Any, targets: list[str], fun: str, arg: list[Any]) -> dict[str, Any]:
-    from saline.jid import gen_jid
+    from saline.master.localapi import gather_returns
 
-    jid = gen_jid(bool(master.opts.get("unique_jid")))
-    sub = master.events.subscribe(f"salt/job/{jid}/ret/")
-    out: dict[str, Any] = {}
-    try:
-        published = master.publish({"jid": jid, "tgt": targets, "tgt_type": "list", "fun": fun, "arg": arg})
-        pending = set(published["minions"])
-        deadline = time.monotonic() + float(master.opts.get("timeout") or 5)
-        while pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                event = await asyncio.wait_for(sub.queue.get(), remaining)
-            except asyncio.TimeoutError:
-                break
-            mid = event["data"].get("id")
-            pending.discard(mid)
-            out[mid] = event["data"].get("return")
-    finally:
-        master.events.unsubscribe(sub)
-    return out
+    return await gather_returns(master, targets, fun, arg, float(master.opts.get("timeout") or 5))
 
 
 @runner("manage.status")
