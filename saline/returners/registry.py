@@ -42,6 +42,7 @@ BUILTIN: dict[str, str] = {
     "slack": "saline.returners.slack:SlackReturner",
     "sms": "saline.returners.sms:SmsReturner",
     "sentry": "saline.returners.sentry:SentryReturner",
+    "django": "saline.returners.django:DjangoReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
