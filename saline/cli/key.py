@@ -45,6 +45,18 @@ def _confirm(action: str, state: str, ids: list[str], yes: bool) -> bool:
     return answer.strip().lower() in ("", "y", "yes")
 
 
+def _move_keys(keys, found: dict[str, list[str]], pattern: str, dst: str, action: str, yes: bool) -> None:
+    """Move every key in ``found`` (state -> ids) to ``dst``, after asking."""
+    ids = [m for ids in found.values() for m in ids]
+    if not ids:
+        fail(f"the key glob '{pattern}' does not match any unaccepted keys", 1)
+    if _confirm(action, "minions_pre", ids, yes):
+        for state, state_ids in found.items():
+            for mid in state_ids:
+                keys.move(mid, state, dst)  # replaces an older key of that id in dst
+                print(f"Key for minion {mid} {action}.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="saline-key", description="Manage minion keys on the master.")
     add_config_args(parser, short_log_flag=False)  # -l lists keys, as in salt-key
@@ -88,27 +100,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.accept or args.accept_all:
         sources = (PENDING, REJECTED) if args.include_rejected else (PENDING,)
-        found = matching(sources, args.accept or "*")
-        ids = [m for s in sources for m in found[s]]
-        if not ids:
-            fail(f"the key glob '{args.accept or '*'}' does not match any unaccepted keys", 1)
-        if _confirm("accepted", PENDING, ids, args.yes):
-            for state in sources:
-                for mid in found[state]:
-                    keys.move(mid, state, ACCEPTED)  # replaces an older accepted key of that id
-                    print(f"Key for minion {mid} accepted.")
+        _move_keys(keys, matching(sources, args.accept or "*"), args.accept or "*", ACCEPTED, "accepted", args.yes)
         return
     if args.reject or args.reject_all:
         sources = (PENDING, ACCEPTED) if args.include_accepted else (PENDING,)
-        found = matching(sources, args.reject or "*")
-        ids = [m for s in sources for m in found[s]]
-        if not ids:
-            fail(f"the key glob '{args.reject or '*'}' does not match any unaccepted keys", 1)
-        if _confirm("rejected", PENDING, ids, args.yes):
-            for state in sources:
-                for mid in found[state]:
-                    keys.move(mid, state, REJECTED)
-                    print(f"Key for minion {mid} rejected.")
+        _move_keys(keys, matching(sources, args.reject or "*"), args.reject or "*", REJECTED, "rejected", args.yes)
         return
     if args.delete or args.delete_all:
         found = matching(STATES, args.delete or "*")
