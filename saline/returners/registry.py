@@ -43,6 +43,7 @@ BUILTIN: dict[str, str] = {
     "sms": "saline.returners.sms:SmsReturner",
     "sentry": "saline.returners.sentry:SentryReturner",
     "django": "saline.returners.django:DjangoReturner",
+    "syslog": "saline.returners.syslog:SyslogReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
