@@ -207,3 +207,45 @@ def test_a_real_minion_revoked_then_accepted_again_gets_jobs(cluster: Cluster) -
     cluster.accept("m2")
     assert cluster.cli("saline", "*", "test.ping", "--out", "json", "--static").returncode == 0
     cluster.stop("m2")
+
+
+def test_returns_for_untargeted_jobs_or_under_another_id_are_refused(cluster: Cluster) -> None:
+    """An accepted minion's key sends a return for a job that targeted only m1, and one under m1's
+    id for a job that targeted both: each is refused, logged and counted; m1's real returns stand."""
+    server = master_key(cluster)
+    keys = key_pair()
+    install_key(cluster, "minions", "rogue", keys[0])
+    time.sleep(0.4)
+    dealer = RawPeer(zmq.DEALER, cluster.ret_port, server, keys)
+    try:
+        assert dealer.request({"cmd": "hello", "id": "rogue"})["cmd"] == "welcome"
+        before = _stats(cluster)
+        only_m1 = cluster.publish_many("m1", "test.ping", 1)[0]
+        both = cluster.publish_many("m1,rogue", "test.ping", 1, tgt_type="list")[0]
+        answers = [
+            dealer.request({"cmd": "_return", "load": {"jid": only_m1, "fun": "test.ping", "return": "intruder",
+                                                       "retcode": 0, "success": True}}),
+            dealer.request(_forged_return(both, "m1")),
+            dealer.request({"cmd": "_return", "load": {"jid": "1" * 20, "fun": "test.ping", "return": "intruder"}}),
+        ]
+        assert answers[0] == {"cmd": "refused", "jid": only_m1, "reason": "not targeted"}
+        assert answers[1] == {"cmd": "refused", "jid": both, "reason": "id does not match the key"}
+        assert answers[2] == {"cmd": "refused", "jid": "1" * 20, "reason": "not targeted"}
+        # its own return for the job that did target it is accepted
+        own = dealer.request({"cmd": "_return", "load": {"jid": both, "fun": "test.ping", "return": True,
+                                                         "retcode": 0, "success": True}})
+        assert own == {"cmd": "ack", "jid": both}
+        after = _stats(cluster)
+        assert after["untargeted"] - before["untargeted"] == 2
+        assert after["forged"] - before["forged"] == 1
+        wait_for(lambda: cluster.runner("jobs.lookup_jid", both) == {"m1": True, "rogue": True}, 10,
+                 "both returns of the job that targeted both")
+        assert cluster.runner("jobs.lookup_jid", only_m1) == {"m1": True}
+        log = cluster.master_log()
+        assert f"minion rogue returned for job {only_m1} it was not targeted by; refused" in log
+        assert "minion rogue sent a return claiming to be 'm1'; refused" in log
+    finally:
+        dealer.close()
+        cluster.cli("saline-key", "-y", "-d", "rogue")
+    figure("auth_untargeted_forged", untargeted_refused=after["untargeted"] - before["untargeted"],
+           forged_refused=after["forged"] - before["forged"], own_return="acked")
