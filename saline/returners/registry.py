@@ -44,6 +44,7 @@ BUILTIN: dict[str, str] = {
     "sentry": "saline.returners.sentry:SentryReturner",
     "django": "saline.returners.django:DjangoReturner",
     "syslog": "saline.returners.syslog:SyslogReturner",
+    "smtp": "saline.returners.smtp:SmtpReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
