@@ -16,6 +16,7 @@ listened before and holds the jobs published meanwhile until those minions are b
 from __future__ import annotations
 
 import asyncio
+import collections
 import fnmatch
 import logging
 import os
@@ -40,6 +41,7 @@ from saline.transport.zeromq import PUB_DOMAIN, RET_DOMAIN, ZapHandler, server_s
 log = logging.getLogger(__name__)
 
 GROUP_MAX = 2000  # messages handled per group commit
+JOB_LOADS_CACHED = 256  # loads of recent jobs kept in memory (returns look up their job's options)
 #: after re-binding the publish socket, jobs wait at most this long for the listening minions
 PUB_REBIND_HOLD = 2.0
 #: how often the master looks for revoked keys (the latency of a revocation on the publish port)
@@ -81,6 +83,8 @@ class Master:
         self._accepted_keys: set[str] = set()
         self._stop = asyncio.Event()
         self.ctx: zmq.asyncio.Context | None = None
+        self._loads: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._returners: dict[Any, list[str]] = {}
         self._check_returner_config()
 
     def _check_returner_config(self) -> None:
@@ -182,6 +186,7 @@ class Master:
         except OutboxError as exc:
             raise PublishError(f"cannot store the job: {exc}") from None
         self.state.add_job(jid, load, minions, float(request.get("timeout") or self.opts["timeout"]))
+        self._remember_load(jid, load)
         if tgt_type == "nodegroup" or (tgt_type == "compound" and "N@" in str(tgt)):
             # Nodegroups live in the master's config: minions get the list they expand to.
             tgt, tgt_type = minions, "list"
@@ -289,8 +294,30 @@ class Master:
         log.info("%d key(s) revoked: publish socket re-bound; %d of %d minions back in %.0f ms, %d job(s) held",
                  n_revoked, back, len(awaited), took, len(held))
 
+    def _remember_load(self, jid: str, load: dict[str, Any]) -> None:
+        self._loads[jid] = load
+        self._loads.move_to_end(jid)
+        while len(self._loads) > JOB_LOADS_CACHED:
+            self._loads.popitem(last=False)
+
+    def _job_load(self, jid: str) -> dict[str, Any]:
+        """The load of a job: from memory for recent jobs, else from the master's state on disk."""
+        load = self._loads.get(jid)
+        if load is None:
+            load = self.state.job_load(jid) or {}
+            self._remember_load(jid, load)
+        return load
+
     def _job_returners(self, ret: Any) -> list[str]:
         """Where a job's load and returns go: the job cache, ext_job_cache, ``return:``, ``--return``."""
+        if not isinstance(ret, (str, type(None))):
+            return self._returners_for(ret)
+        found = self._returners.get(ret)
+        if found is None:
+            found = self._returners[ret] = self._returners_for(ret)
+        return list(found)
+
+    def _returners_for(self, ret: Any) -> list[str]:
         names = [self.job_cache, *returner_names(self.opts.get("ext_job_cache")),
                  *returner_names(self.opts.get("return"))]
         if not self.opts.get("returners_on_minion"):
@@ -303,10 +330,19 @@ class Master:
     # -- the return socket -----------------------------------------------------------------------
     async def _return_loop(self) -> None:
         router = self.router
+        # What is already queued is read (and the acks sent) through a plain synchronous view of
+        # the same socket: no future and no loop callback per message. Only an empty socket is awaited.
+        self._router_sync = sync = zmq.Socket.shadow(router.underlying)
         while True:
             group = [await router.recv_multipart(copy=False)]
-            while len(group) < GROUP_MAX and router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                group.append(await router.recv_multipart(copy=False))
+            while len(group) < GROUP_MAX:
+                try:
+                    frames = [sync.recv(zmq.NOBLOCK, copy=False)]
+                except zmq.Again:
+                    break
+                while frames[-1].more:  # the rest of a message is there as soon as its first frame is
+                    frames.append(sync.recv(copy=False))
+                group.append(frames)
             try:
                 self._handle_group(group)
             except Exception:  # a bug must not take the return socket down
@@ -333,9 +369,10 @@ class Master:
                 replies.append((routing, reply))
         if accepted:
             replies += self._store_returns(accepted)
+        out = getattr(self, "_router_sync", None) or self.router
         for routing, reply in replies:
             try:
-                self.router.send_multipart([routing, encode(reply)], flags=zmq.NOBLOCK)
+                out.send_multipart([routing, encode(reply)], flags=zmq.NOBLOCK)
             except zmq.Again:
                 log.debug("could not reply to a minion (its queue is full)")
 
@@ -426,6 +463,7 @@ class Master:
         fresh: list[tuple[str, str, int]] = []
         to_fire: list[tuple[str, dict[str, Any]]] = []
         seen: set[tuple[str, str]] = set()
+        received = stamp()  # one group is handled within milliseconds: one stamp for all
         for routing, load in accepted:
             jid, mid = load["jid"], load["id"]
             job = self.state.job(jid)
@@ -439,9 +477,9 @@ class Master:
                 replies.append((routing, {"cmd": "ack", "jid": jid}))
                 continue
             seen.add((jid, mid))
-            job_load = self.state.job_load(jid) or {}
+            job_load = self._job_load(jid)
             kwargs = job_load.get("kwargs") or {}
-            ret = {"cmd": "_return", **load, "_stamp": stamp()}
+            ret = {"cmd": "_return", **load, "_stamp": received}
             names = self._job_returners(job_load.get("ret"))
             items += self.delivery.items_for_return(names, ret, kwargs.get("ret_config"), kwargs.get("ret_kwargs"))
             items += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)

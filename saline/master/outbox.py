@@ -229,8 +229,16 @@ class Outbox:
         if not items:
             return
         now = time.time()
+        packed: dict[int, bytes] = {}  # one payload often goes to several returners: pack it once
+
+        def pack(payload: Any) -> bytes:
+            blob = packed.get(id(payload))
+            if blob is None:
+                blob = packed[id(payload)] = _pack(payload)
+            return blob
+
         try:
-            rows = [(it.returner, it.kind, _pack(it.payload), it.ret_config, _pack_kwargs(it.ret_kwargs), now, now)
+            rows = [(it.returner, it.kind, pack(it.payload), it.ret_config, _pack_kwargs(it.ret_kwargs), now, now)
                     for it in items]
         except (TypeError, ValueError, OverflowError, AttributeError) as exc:
             raise OutboxError(f"outbox {self.path}: cannot encode an item: {_one_line(exc)}") from None
