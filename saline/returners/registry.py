@@ -45,6 +45,7 @@ BUILTIN: dict[str, str] = {
     "django": "saline.returners.django:DjangoReturner",
     "syslog": "saline.returners.syslog:SyslogReturner",
     "smtp": "saline.returners.smtp:SmtpReturner",
+    "kafka": "saline.returners.kafka:KafkaReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
