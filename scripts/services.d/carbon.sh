@@ -1,5 +1,7 @@
 # graphite-carbon (carbon-cache) for the carbon returner: plaintext 127.0.0.1:2003, pickle 2004,
-# cache query 7002; whisper files in a temporary folder, one-second points kept ten minutes.
+# cache query 7002; whisper files in a temporary folder, one-second points kept ten minutes,
+# written in arrival order (naive: the sorted strategy re-sorts about once a second, so files
+# appear late).
 # Sourced by scripts/services.sh.
 if ! command -v carbon-cache >/dev/null 2>&1; then
   echo "installing: graphite-carbon"
@@ -22,7 +24,7 @@ USER =
 MAX_CACHE_SIZE = inf
 MAX_UPDATES_PER_SECOND = inf
 MAX_CREATES_PER_MINUTE = inf
-CACHE_WRITE_STRATEGY = sorted
+CACHE_WRITE_STRATEGY = naive
 LINE_RECEIVER_INTERFACE = 127.0.0.1
 LINE_RECEIVER_PORT = 2003
 ENABLE_UDP_LISTENER = False

@@ -39,10 +39,12 @@ def unreachable(fx: dict[str, Any], tmp: Path) -> dict[str, Any]:
     return {"carbon.port": closed_port(), "carbon.timeout": 3}
 
 
-def settled(count: Any, quiet: float = 0.8, limit: float = 30.0) -> int:
-    """``count()`` once it has stopped changing for ``quiet`` seconds (carbon writes files later)."""
+def settled(count: Any, quiet: float = 0.8, first: float = 10.0, limit: float = 30.0) -> int:
+    """``count()`` once it has stopped changing for ``quiet`` seconds (carbon writes files later;
+    up to ``first`` seconds are allowed for the first one to appear)."""
     last, since, started = count(), time.monotonic(), time.monotonic()
-    while time.monotonic() - since < quiet and time.monotonic() - started < limit:
+    while (time.monotonic() - since < quiet or (not last and time.monotonic() - started < first)) \
+            and time.monotonic() - started < limit:
         time.sleep(0.1)
         now = count()
         if now != last:
