@@ -5,6 +5,7 @@
 # Sourced by scripts/services.sh.
 if ! command -v carbon-cache >/dev/null 2>&1; then
   echo "installing: graphite-carbon"
+  apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists yet
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q graphite-carbon >/dev/null
 fi
 if ! up 2003 || ! up 2004 || ! up 7002; then

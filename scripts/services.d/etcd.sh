@@ -3,6 +3,7 @@
 # of the contract suite; etcd's default is 1.5 MiB). Sourced by scripts/services.sh.
 if ! command -v etcd >/dev/null 2>&1; then
   echo "installing: etcd-server"
+  apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists yet
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/dev/null
 fi
 if ! up 2379; then

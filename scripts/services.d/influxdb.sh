@@ -2,6 +2,7 @@
 # folder. Sourced by scripts/services.sh.
 if ! command -v influxd >/dev/null 2>&1; then
   echo "installing: influxdb"
+  apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists yet
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q influxdb >/dev/null
 fi
 if ! up 8086; then

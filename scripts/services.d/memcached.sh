@@ -2,6 +2,7 @@
 # Sourced by scripts/services.sh (which defines up/wait_port and sets -euo pipefail).
 if ! command -v memcached >/dev/null 2>&1; then
   echo "installing: memcached"
+  apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists yet
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q memcached >/dev/null
 fi
 if ! up 11211; then

@@ -2,6 +2,7 @@
 # npm installs it once into a cache folder. Sourced by scripts/services.sh.
 if ! command -v npm >/dev/null 2>&1; then
   echo "installing: nodejs npm"
+  apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists yet
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null
 fi
 pouch_home="${XDG_CACHE_HOME:-$HOME/.cache}/saline-pouchdb"
