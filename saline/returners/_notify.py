@@ -111,15 +111,17 @@ def http_failure(name: str, where: str, secrets: list[str], exc: BaseException |
     return ReturnerError(one_line(name, text, secrets))
 
 
-def apply_profile(prefix: str, opts: dict[str, Any], master_opts: Any, names: Iterable[str],
+def apply_profile(prefix: str, opts: dict[str, Any], master_opts: Any, names: Iterable[str | tuple[str, str]],
                   profile_option: str = "profile") -> None:
-    """Salt's ``<prefix>.profile``: the name of a config map whose ``<prefix>.<option>`` keys
-    supply ``names`` (credentials kept in one place). A key the profile lacks keeps its value."""
+    """Salt's ``<prefix>.profile``: the name of a config map whose ``<prefix>.<key>`` entries
+    supply options (credentials kept in one place). ``names`` are option names, or (option name,
+    config key) pairs where they differ. A key the profile lacks keeps its value."""
     profile = opts.get(profile_option)
     creds = master_opts.get(profile) if profile and hasattr(master_opts, "get") else None
     if not isinstance(creds, dict):
         return
-    for name in names:
-        value = creds.get(f"{prefix}.{name}")
+    for entry in names:
+        name, key = (entry, entry) if isinstance(entry, str) else entry
+        value = creds.get(f"{prefix}.{key}")
         if value not in (None, "", "None"):
             opts[name] = value

@@ -46,6 +46,7 @@ BUILTIN: dict[str, str] = {
     "syslog": "saline.returners.syslog:SyslogReturner",
     "smtp": "saline.returners.smtp:SmtpReturner",
     "kafka": "saline.returners.kafka:KafkaReturner",
+    "xmpp": "saline.returners.xmpp:XmppReturner",
     "memcache": "saline.returners.memcache:MemcacheReturner",
     "etcd": "saline.returners.etcd:EtcdReturner",
     "influxdb": "saline.returners.influxdb:InfluxdbReturner",
