@@ -72,7 +72,7 @@ def test_the_daemon_restarting_is_survived(master_opts: dict[str, Any], tmp_path
     first = SyslogSocket(path)
     r = registry.create("syslog", {**master_opts, "syslog.address": str(path)})
     r.returns([ret(gen_jid(), "a")])
-    first.sock.close()
+    first.close()
     os.unlink(path)
     with pytest.raises(BackendUnavailable, match=f"^returner syslog: cannot write to {path}: "):
         r.returns([ret(gen_jid(), "b")])
@@ -80,7 +80,6 @@ def test_the_daemon_restarting_is_survived(master_opts: dict[str, Any], tmp_path
     r.returns([ret(gen_jid(), "c")])
     assert [json.loads(x["message"])["id"] for x in second.records()] == ["c"]
     second.close()
-    first.close()
 
 
 def test_udp_and_tcp(master_opts: dict[str, Any]) -> None:

@@ -29,13 +29,15 @@ class SyslogSocket:
         self.sock.bind(self.path)
         self.datagrams: list[bytes] = []
         self._lock = threading.Lock()
-        threading.Thread(target=self._read, name="syslog-socket", daemon=True).start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="syslog-socket", daemon=True)
+        self._thread.start()
 
     def _read(self) -> None:
         # keeps the socket's queue short while a big batch comes in (a full queue blocks the sender)
-        while True:
+        while not self._stop.is_set():
             try:
-                select.select([self.sock], [], [], 0.5)
+                select.select([self.sock], [], [], 0.1)
                 self._drain()
             except (OSError, ValueError):
                 return
@@ -64,6 +66,10 @@ class SyslogSocket:
         return out
 
     def close(self) -> None:
+        """Stop reading, then close: a socket another thread still selects on would stay alive."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(2)
         self.sock.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
