@@ -44,6 +44,9 @@ GROUP_MAX = 2000  # messages handled per group commit
 JOB_LOADS_CACHED = 256  # loads of recent jobs kept in memory (returns look up their job's options)
 #: after re-binding the publish socket, jobs wait at most this long for the listening minions
 PUB_REBIND_HOLD = 2.0
+#: after a start, jobs wait at most this long for the accepted minions to subscribe again (their
+#: ZeroMQ reconnect interval backs off to 2 s, plus up to 0.2 s of jitter, while the master is down)
+PUB_START_HOLD = 3.0
 #: how often the master looks for revoked keys (the latency of a revocation on the publish port)
 KEY_CHECK_INTERVAL = 0.25
 #: while the outbox cannot be written, the error is logged at most this often (with a count)
@@ -80,6 +83,7 @@ class Master:
         self._store_logged = (0.0, 0)                    # (when the last error line was, returns refused since)
         self._subscribers: dict[str, float] = {}  # key -> when it subscribed to the publish socket
         self._held: list[bytes] | None = None      # publishes waiting while the socket is re-bound
+        self._holds = 0                            # how many reasons to hold publishes there are
         self._accepted_keys: set[str] = set()
         self._stop = asyncio.Event()
         self.ctx: zmq.asyncio.Context | None = None
@@ -115,6 +119,7 @@ class Master:
                                  tcp_endpoint(iface, self.opts["publish_port"]), self.max_size)
         self._pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._accepted_keys = self._accepted_key_set()
+        self._hold()  # released by _startup_hold once the minions are back
         self.router = server_socket(self.ctx, zmq.ROUTER, self.secret_key, RET_DOMAIN,
                                     tcp_endpoint(iface, self.opts["ret_port"]), self.max_size)
         from saline.master.localapi import LocalAPI
@@ -125,6 +130,7 @@ class Master:
         tasks = [asyncio.create_task(self.zap.serve(), name="zap"),
                  asyncio.create_task(self._return_loop(), name="returns"),
                  asyncio.create_task(self._subscription_loop(), name="subscriptions"),
+                 asyncio.create_task(self._startup_hold(), name="startup-hold"),
                  asyncio.create_task(self._maintenance(), name="maintenance")]
         log.info("master %s listening on %s (publish %s, return %s)", self.opts["id"], iface,
                  self.opts["publish_port"], self.opts["ret_port"])
@@ -245,6 +251,40 @@ class Master:
             if key:
                 self._subscribers[key] = time.monotonic()
 
+    def _hold(self) -> None:
+        self._holds += 1
+        if self._held is None:
+            self._held = []
+
+    def _release(self) -> int:
+        """End one hold; when it was the last, send what was held. How many were sent."""
+        self._holds -= 1
+        if self._holds > 0 or self._held is None:
+            return 0
+        held, self._held = self._held, None
+        for data in held:
+            self.pub.send(data)
+        return len(held)
+
+    async def _startup_hold(self) -> None:
+        """Jobs published just after a (re)start wait for the accepted minions to subscribe again,
+        at most PUB_START_HOLD seconds, instead of reaching no one: a publish is not queued for a
+        minion that is not connected, and after a restart each needs up to ~2 s to reconnect."""
+        started = time.monotonic()
+        awaited = set() if self.opts.get("open_mode") else set(self._accepted_keys)
+        try:
+            while time.monotonic() - started < PUB_START_HOLD:
+                awaited &= self._accepted_keys  # a key revoked meanwhile is not waited for
+                if awaited <= self._subscribers.keys():
+                    break
+                await asyncio.sleep(0.005)
+        finally:
+            sent = self._release()
+        back = len(awaited & self._subscribers.keys())
+        if awaited:
+            log.info("%d of %d accepted minions subscribed %.0f ms after the start; %d job(s) held meanwhile", back,
+                     len(awaited), (time.monotonic() - started) * 1000, sent)
+
     def _accepted_key_set(self) -> set[str]:
         keys = (self.keys.accepted_key(mid) for mid in self.keys.ids(ACCEPTED))
         return {k for k in keys if k}
@@ -267,7 +307,7 @@ class Master:
             if key in accepted and info is not None and self.state.last_seen.get(info.minion_id, 0) >= recent:
                 awaited.add(key)
         self._subscribers = {}
-        self._held = []
+        self._hold()
         try:
             self.pub.unbind(self._pub_endpoint)
             while True:
@@ -284,15 +324,13 @@ class Master:
         except zmq.ZMQError as exc:
             log.error("cannot re-bind the publish socket %s: %s", self._pub_endpoint, exc)
         finally:
-            held, self._held = self._held, None
-            for data in held:
-                self.pub.send(data)
+            held = self._release()
         back = len(awaited & self._subscribers.keys())
         took = (time.monotonic() - started) * 1000
         self.stats["pub_rebinds"] += 1
         self.stats["pub_rebind_ms"] = round(took, 1)
         log.info("%d key(s) revoked: publish socket re-bound; %d of %d minions back in %.0f ms, %d job(s) held",
-                 n_revoked, back, len(awaited), took, len(held))
+                 n_revoked, back, len(awaited), took, held)
 
     def _remember_load(self, jid: str, load: dict[str, Any]) -> None:
         self._loads[jid] = load
