@@ -52,8 +52,8 @@ def test_master_killed_while_minions_return(make_cluster: Callable[..., Cluster]
     kills = 1
     time.sleep(2.0)  # the sleepers finish meanwhile: their returns wait in the spools
     cluster.start_master()
-    # jobs published before the minions are back on the publish port would not reach them (a
-    # publish is not queued for a disconnected minion): wait for both, then kill in mid-flight
+    # jobs published before the minions are back on the publish port are held in the master's
+    # memory (see the next test) and would die with it: wait for both, then kill in mid-flight
     wait_for(lambda: cluster.cli("saline", "*", "test.ping", "-t", "2").returncode == 0, 30, "the minions back")
     more = cluster.publish_many("*", "test.sleep", 100, ["0.5"])
     time.sleep(0.25)
@@ -103,3 +103,25 @@ def test_minion_killed_in_the_middle_of_a_long_job(make_cluster: Callable[..., C
     later = cluster.cli("saline", "m1", "test.echo", "after the kill")
     assert later.returncode == 0 and later.stdout == "m1:\n    after the kill\n"
     figure("minion_sigkill_mid_job", reported="Minion did not return", cli_s=round(took, 1), later_jobs="ran")
+
+
+def test_jobs_published_right_after_a_master_restart_reach_the_minions(make_cluster: Callable[..., Cluster]) -> None:
+    """The master is killed and stays down long enough for the minions' reconnect interval to back
+    off; jobs published the moment it is back are held until the minions have subscribed again,
+    so every one of them runs and returns."""
+    cluster = make_cluster()
+    cluster.start_master()
+    cluster.start_minions("m1", "m2")
+    cluster.stop("master", signal.SIGKILL)
+    time.sleep(3.0)
+    cluster.start_master()
+    started = time.monotonic()
+    jids = cluster.publish_many("*", "test.ping", 20)
+    sent = 2 * len(jids)
+    wait_for(lambda: cluster.returned(jids) == sent, 30, f"{sent} returns of jobs published at once")
+    took = time.monotonic() - started
+    assert cluster.returned(jids) == sent
+    held = [line for line in cluster.master_log().splitlines() if "subscribed" in line and "after the start" in line]
+    assert held, logs(cluster)
+    figure("publish_after_restart", sent=sent, arrived=cluster.returned(jids), all_back_s=round(took, 1),
+           master_line=held[-1].split("] ", 2)[-1])
