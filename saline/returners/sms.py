@@ -42,7 +42,7 @@ class SmsReturner(Returner):
 
     Example::
 
-        sms.sid: ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX
+        sms.sid: AC0123456789abcdef0123456789abcdef
         sms.token: your-auth-token
         sms.from: "+16505550100"
         sms.to: "+14155550100"
