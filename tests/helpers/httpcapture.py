@@ -31,6 +31,7 @@ class Request:
     raw: bytes  # the body as received
     body: bytes  # the body after Content-Encoding (gzip, deflate) was undone
     at: float = field(default_factory=time.time)
+    status: int = 0  # what the server answered
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -83,6 +84,7 @@ class Capture:
                 request = Request(self.command, split.path, urllib.parse.parse_qs(split.query, keep_blank_values=True),
                                   {k.lower(): v for k, v in self.headers.items()}, raw, body)
                 status, reply, ctype = capture._answer(request)
+                request.status = status
                 data = reply if isinstance(reply, bytes) else (
                     reply.encode() if isinstance(reply, str) else json.dumps(reply).encode())
                 with capture._cond:

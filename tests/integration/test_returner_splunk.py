@@ -112,3 +112,36 @@ def test_check_uses_the_health_endpoint(capture: Capture, master_opts: dict[str,
     capture.reply("GET", "/services/collector/health", 503, {"text": "HEC is unhealthy", "code": 18})
     with pytest.raises(BackendUnavailable):
         r.check()
+
+
+def test_through_the_masters_delivery_an_outage_loses_and_repeats_nothing(
+        capture: Capture, master_opts: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    from pathlib import Path
+
+    from saline.master.delivery import Delivery
+    from saline.master.outbox import Outbox
+
+    caplog.set_level(logging.DEBUG)
+    opts = {**master_opts, "returner_retry_max_seconds": 0.3, "event_return": "splunk",
+            "splunk_http_forwarder": {"token": TOKEN, "indexer": "127.0.0.1", "port": capture.port, "scheme": "http"}}
+    outbox = Outbox(Path(opts["cachedir"]) / "outbox.db")
+    delivery = Delivery(opts, outbox)
+    capture.reply("POST", "/services/collector/event", 503, {"text": "Server is busy", "code": 9})
+    delivery.start()
+    try:
+        jid = gen_jid()
+        for i in range(300):
+            delivery.submit(delivery.items_for_return(["splunk"], ret(jid, f"m{i}")))
+        delivery.submit(delivery.items_for_event("salt/auth", {"id": "m0"}))
+        capture.wait(lambda r: r.path == "/services/collector/event", 2)  # refused while the HEC is busy
+        capture.reply("POST", "/services/collector/event", 200, {"text": "Success", "code": 0})
+        assert delivery.flush(30)
+    finally:
+        delivery.stop()
+        outbox.close()
+    accepted = [e for q in capture.requests if q.path == "/services/collector/event" and q.status == 200
+                for e in events_of(q)]
+    assert sorted(e["host"] for e in accepted if "tag" not in e["event"]) == sorted(f"m{i}" for i in range(300))
+    assert [e["event"] for e in accepted if "tag" in e["event"]] == [{"tag": "salt/auth", "data": {"id": "m0"}}]
+    assert "returner splunk: " in caplog.text and "answered HTTP 503" in caplog.text  # the outage, logged
+    assert TOKEN not in caplog.text
