@@ -114,7 +114,7 @@ class SmtpReturner(Returner):
             body = self._body.render(variables)
         except jinja2.TemplateError as exc:
             raise ReturnerError(one_line(self.name, f"template error: {exc}", self._secrets)) from None
-        # the values are appended after rendering (Salt rendered them too: a minion's data is no template)
+        # values are appended after rendering: Salt rendered them as template text, but a minion's data is no template
         for field in self.opts.get("fields") or []:
             if field in ret:
                 subject += f" {ret[field]}"
@@ -170,9 +170,7 @@ class SmtpReturner(Returner):
                     if 400 <= exc.smtp_code < 500:
                         raise BackendUnavailable(self._line(exc)) from None
                     raise ReturnerError(self._line(exc)) from None
-                except (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused, smtplib.SMTPServerDisconnected) as exc:
-                    raise BackendUnavailable(self._line(exc)) from None
-                except (smtplib.SMTPException, OSError) as exc:
+                except (smtplib.SMTPException, OSError) as exc:  # refused sender or recipients, disconnected
                     raise BackendUnavailable(self._line(exc)) from None
                 if key is not None:
                     self._sent.add([key])
