@@ -55,7 +55,7 @@ Reply = tuple[int, Any, str]
 class Capture:
     """One server; ``url`` is its base, ``requests`` what came in, ``reply`` sets answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, setup: Callable[["Capture"], None] | None = None) -> None:
         self.requests: list[Request] = []
         self._rules: list[tuple[str, str, Reply]] = []
         self._lock = threading.Lock()
@@ -114,6 +114,14 @@ class Capture:
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="httpcapture", daemon=True)
         self._thread.start()
+        if setup is not None:
+            setup(self)
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def reply(self, method: str, path_prefix: str, status: int, body: Any,
               content_type: str = "application/json") -> None:
@@ -164,7 +172,5 @@ def shared(name: str, setup: Callable[[Capture], None] | None = None) -> Capture
     with _shared_lock:
         capture = _shared.get(name)
         if capture is None:
-            capture = _shared[name] = Capture()
-            if setup is not None:
-                setup(capture)
+            capture = _shared[name] = Capture(setup)
         return capture

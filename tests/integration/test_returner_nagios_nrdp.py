@@ -17,10 +17,8 @@ from tests.helpers.httpcapture import Capture
 
 @pytest.fixture
 def capture() -> Iterator[Capture]:
-    server = Capture()
-    nrdp(server)
-    yield server
-    server.close()
+    with Capture(nrdp) as server:
+        yield server
 
 
 def ret(jid: str, minion: str, value: Any = True, retcode: int = 0) -> dict[str, Any]:

@@ -17,10 +17,8 @@ from tests.helpers.httpcapture import Capture
 
 @pytest.fixture
 def capture() -> Iterator[Capture]:
-    server = Capture()
-    pushover(server)
-    yield server
-    server.close()
+    with Capture(pushover) as server:
+        yield server
 
 
 def ret(jid: str, minion: str, value: Any = True) -> dict[str, Any]:

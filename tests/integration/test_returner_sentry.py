@@ -17,10 +17,8 @@ from tests.helpers.httpcapture import Capture
 
 @pytest.fixture
 def capture() -> Iterator[Capture]:
-    server = Capture()
-    sentry(server)
-    yield server
-    server.close()
+    with Capture(sentry) as server:
+        yield server
 
 
 def sent(capture: Capture) -> list[dict[str, Any]]:

@@ -23,10 +23,8 @@ HIGHSTATE = {
 
 @pytest.fixture
 def capture() -> Iterator[Capture]:
-    server = Capture()
-    slack(server)
-    yield server
-    server.close()
+    with Capture(slack) as server:
+        yield server
 
 
 def make(capture: Capture, master_opts: dict[str, Any], **more: Any):

@@ -17,10 +17,8 @@ from tests.helpers.httpcapture import Capture
 
 @pytest.fixture
 def capture() -> Iterator[Capture]:
-    server = Capture()
-    twilio(server)
-    yield server
-    server.close()
+    with Capture(twilio) as server:
+        yield server
 
 
 def make(capture: Capture, master_opts: dict[str, Any], to: str = "+14155550100"):

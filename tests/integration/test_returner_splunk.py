@@ -18,10 +18,8 @@ from tests.helpers.httpcapture import Capture
 
 @pytest.fixture
 def capture() -> Iterator[Capture]:
-    server = Capture()
-    hec(server)
-    yield server
-    server.close()
+    with Capture(hec) as server:
+        yield server
 
 
 def ret(jid: str, minion: str, value: Any = True, **extra: Any) -> dict[str, Any]:
