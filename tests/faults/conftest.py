@@ -300,10 +300,18 @@ class RawPeer:
             self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(f"tcp://127.0.0.1:{port}")
 
-    def send(self, message: Any) -> None:
+    def send(self, message: Any) -> bool:
+        """Queue a message; False when the socket has no connection to queue it on (a DEALER whose
+        handshake the master refused has none, and would block)."""
         import msgpack
+        import zmq
 
-        self.sock.send(message if isinstance(message, bytes) else msgpack.packb(message, use_bin_type=True))
+        data = message if isinstance(message, bytes) else msgpack.packb(message, use_bin_type=True)
+        try:
+            self.sock.send(data, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
 
     def recv(self, timeout: float) -> dict[str, Any] | None:
         """The next message decoded, or None when nothing came within ``timeout`` seconds."""
@@ -314,7 +322,8 @@ class RawPeer:
         return msgpack.unpackb(self.sock.recv(), raw=False, strict_map_key=False)
 
     def request(self, message: Any, timeout: float = 5.0) -> dict[str, Any] | None:
-        self.send(message)
+        if not self.send(message):
+            return None
         return self.recv(timeout)
 
     def drain(self, timeout: float) -> list[dict[str, Any]]:
