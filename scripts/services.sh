@@ -7,8 +7,8 @@ need_apt=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 ls /etc/postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-[ -f /usr/lib/x86_64-linux-gnu/odbc/libsqlite3odbc.so ] || ls /usr/lib/*/odbc/libsqlite3odbc.so >/dev/null 2>&1 || need_apt+=(libsqliteodbc)
-ls /usr/lib/*/libmaodbc.so /usr/lib/*/odbc/libmaodbc.so >/dev/null 2>&1 || need_apt+=(odbc-mariadb)
+ls /usr/lib/*/odbc/libsqlite3odbc.so >/dev/null 2>&1 || need_apt+=(libsqliteodbc)
+ls /usr/lib/*/odbc/libmaodbc.so >/dev/null 2>&1 || ls /usr/lib/*/libmaodbc.so >/dev/null 2>&1 || need_apt+=(odbc-mariadb)
 command -v odbcinst >/dev/null 2>&1 || need_apt+=(unixodbc unixodbc-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
