@@ -29,8 +29,11 @@ def test_return_runs_on_the_minion_when_asked(tmp_path: Path) -> None:
         def stored() -> bool:
             if not db.exists():
                 return False
-            with sqlite3.connect(db) as conn:
-                return conn.execute("SELECT COUNT(*) FROM salt_returns WHERE jid = ?", (jid,)).fetchone()[0] == 1
+            try:
+                with sqlite3.connect(db) as conn:
+                    return conn.execute("SELECT COUNT(*) FROM salt_returns WHERE jid = ?", (jid,)).fetchone()[0] == 1
+            except sqlite3.OperationalError:  # the returner has not created its table yet
+                return False
         cluster.wait_for(stored, 20, "the minion's sqlite3 row")
         with sqlite3.connect(db) as conn:
             fun, mid, full_ret, success = conn.execute(
