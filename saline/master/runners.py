@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from saline.config import ConfigError
 from saline.jid import format_jid_instance, is_jid, jid_to_time
+from saline.master.daemon import PublishError
 from saline.returners.base import ReturnerError
 
 
@@ -49,12 +50,8 @@ async def call(master: Any, fun: str, args: list[Any], kwargs: dict[str, Any]) -
         return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(master, *args, **kwargs))
     except (ConfigError, ReturnerError) as exc:
         raise RunnerError(str(exc)) from None
-    except Exception as exc:
-        from saline.master.daemon import PublishError
-
-        if isinstance(exc, PublishError):  # a round trip to the minions could not be published
-            raise RunnerError(f"{fun}: {exc}") from None
-        raise
+    except PublishError as exc:  # a round trip to the minions could not be published
+        raise RunnerError(f"{fun}: {exc}") from None
 
 
 def _with_cache(master: Any, fn: Callable[[Any], Any]) -> Any:
