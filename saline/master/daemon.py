@@ -16,7 +16,6 @@ listened before and holds the jobs published meanwhile until those minions are b
 from __future__ import annotations
 
 import asyncio
-import collections
 import fnmatch
 import logging
 import os
@@ -41,7 +40,6 @@ from saline.transport.zeromq import PUB_DOMAIN, RET_DOMAIN, ZapHandler, server_s
 log = logging.getLogger(__name__)
 
 GROUP_MAX = 2000  # messages handled per group commit
-JOB_LOADS_CACHED = 256  # loads of recent jobs kept in memory (returns look up their job's options)
 #: after re-binding the publish socket, jobs wait at most this long for the listening minions
 PUB_REBIND_HOLD = 2.0
 #: after a start, jobs wait at most this long for the accepted minions to subscribe again (their
@@ -87,7 +85,6 @@ class Master:
         self._accepted_keys: set[str] = set()
         self._stop = asyncio.Event()
         self.ctx: zmq.asyncio.Context | None = None
-        self._loads: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._returners: dict[Any, list[str]] = {}
         self._check_returner_config()
 
@@ -192,7 +189,6 @@ class Master:
         except OutboxError as exc:
             raise PublishError(f"cannot store the job: {exc}") from None
         self.state.add_job(jid, load, minions, float(request.get("timeout") or self.opts["timeout"]))
-        self._remember_load(jid, load)
         if tgt_type == "nodegroup" or (tgt_type == "compound" and "N@" in str(tgt)):
             # Nodegroups live in the master's config: minions get the list they expand to.
             tgt, tgt_type = minions, "list"
@@ -331,20 +327,6 @@ class Master:
         self.stats["pub_rebind_ms"] = round(took, 1)
         log.info("%d key(s) revoked: publish socket re-bound; %d of %d minions back in %.0f ms, %d job(s) held",
                  n_revoked, back, len(awaited), took, held)
-
-    def _remember_load(self, jid: str, load: dict[str, Any]) -> None:
-        self._loads[jid] = load
-        self._loads.move_to_end(jid)
-        while len(self._loads) > JOB_LOADS_CACHED:
-            self._loads.popitem(last=False)
-
-    def _job_load(self, jid: str) -> dict[str, Any]:
-        """The load of a job: from memory for recent jobs, else from the master's state on disk."""
-        load = self._loads.get(jid)
-        if load is None:
-            load = self.state.job_load(jid) or {}
-            self._remember_load(jid, load)
-        return load
 
     def _job_returners(self, ret: Any) -> list[str]:
         """Where a job's load and returns go: the job cache, ext_job_cache, ``return:``, ``--return``."""
@@ -515,7 +497,7 @@ class Master:
                 replies.append((routing, {"cmd": "ack", "jid": jid}))
                 continue
             seen.add((jid, mid))
-            job_load = self._job_load(jid)
+            job_load = self.state.job_load(jid) or {}  # in memory for recent jobs
             kwargs = job_load.get("kwargs") or {}
             ret = {"cmd": "_return", **load, "_stamp": received}
             names = self._job_returners(job_load.get("ret"))
