@@ -65,7 +65,7 @@ def fmt(value: float | None, unit: str) -> str:
     if value is None or value != value:
         return "-"
     if unit == "s":
-        return f"{value:.3f} s"
+        return f"{value:.4f} s" if value < 0.01 else f"{value:.3f} s"
     if unit == "ms":
         return f"{value:.1f} ms"
     if unit == "MB":
