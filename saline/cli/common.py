@@ -63,6 +63,19 @@ def setup_logging(opts: dict[str, Any], console_level: str | None, log_file: str
     root.setLevel(level)
 
 
+def import_asyncio_without_ssl() -> None:
+    """Import asyncio without OpenSSL: ``import asyncio`` loads ``ssl`` (4.5 MB resident, a seventh of
+    an idle minion) only for TLS streams, which a minion never opens (its transport is ZeroMQ with
+    CURVE). ``ssl`` stays importable: whatever needs it later (a minion-side returner over TLS) gets it."""
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl -> ImportError, which asyncio handles
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
 def raise_open_files(wanted: int) -> int:
     """Raise the open-files limit towards ``wanted`` (past the hard limit where allowed, as root);
     every connected minion costs the master two sockets and a swarm minion several. The limit now."""

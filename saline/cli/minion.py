@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saline.cli.common import add_config_args, fail, load_opts, run_daemon
+from saline.cli.common import add_config_args, fail, import_asyncio_without_ssl, load_opts, run_daemon
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pid-file", default=None)
     args = parser.parse_args(argv)
     opts = load_opts("minion", args, {"pidfile": args.pid_file} if args.pid_file else None)
+    import_asyncio_without_ssl()
 
     def make():
         from saline.minion.daemon import Minion, MinionError

@@ -9,7 +9,6 @@ re-reads them when a folder changes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -53,6 +52,8 @@ def ensure_keypair(pki_dir: str | Path, name: str) -> tuple[str, str]:
 
 
 def fingerprint(public_key: str) -> str:
+    import hashlib  # here, not at the top: hashlib loads OpenSSL's libcrypto (3.4 MB in every minion)
+
     digest = hashlib.sha256(public_key.encode()).hexdigest()
     return ":".join(digest[i:i + 2] for i in range(0, 32, 2))
 
