@@ -501,6 +501,8 @@ class Master:
             kwargs = job_load.get("kwargs") or {}
             ret = {"cmd": "_return", **load, "_stamp": received}
             names = self._job_returners(job_load.get("ret"))
+            if not self.opts.get("job_cache", True):  # Salt's job_cache: False keeps loads, not returns
+                names = [n for n in names if n != self.job_cache]
             items += self.delivery.items_for_return(names, ret, kwargs.get("ret_config"), kwargs.get("ret_kwargs"))
             items += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)
             to_fire.append((job_ret_tag(jid, mid), ret))

@@ -135,3 +135,15 @@ def test_bad_input_gets_one_line(cluster: LocalCluster, tmp_path: Path) -> None:
     cluster.stop("master")
     down = cluster.cli("saline", "m1", "test.ping")
     assert down.returncode == 2 and down.stderr.count("\n") == 1 and "master is not running" in down.stderr
+
+
+def test_job_cache_false_keeps_loads_not_returns(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path, master_opts={"job_cache": False}) as cluster:
+        cluster.start_master()
+        cluster.start_minion("m1")
+        cluster.accept("m1")
+        run = cluster.cli("saline", "m1", "test.ping", "-v")
+        assert run.stdout.endswith("m1:\n    True\n")
+        jid = re.search(r"jid (\d{20})", run.stdout).group(1)
+        job = json.loads(cluster.cli("saline-run", "jobs.list_job", jid, "--out", "json").stdout)
+        assert job["Function"] == "test.ping" and job["Result"] == {}
