@@ -27,7 +27,7 @@ from common import ROOT, dump, fmt, machine_info  # noqa: E402
 RESULTS = BENCH / "results"
 
 
-def run(smoke: bool, only: list[str], out: Path) -> dict[str, Any]:
+def run(smoke: bool, only: list[str], out: Path, merge: bool = False) -> dict[str, Any]:
     from benchmarks import ALL
 
     info = machine_info()
@@ -54,6 +54,22 @@ def run(smoke: bool, only: list[str], out: Path) -> dict[str, Any]:
     result = {"mode": "smoke" if smoke else "full", "sustain_s": SUSTAIN["seconds"], "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
               "seconds": round(time.time() - started, 1), "machine": info, "rows": rows, "errors": errors}
     out.mkdir(parents=True, exist_ok=True)
+    if merge and (out / "latest.json").exists():
+        # keep the other benchmarks' rows of the last run; this run's benchmarks replace theirs, in place
+        old = json.loads((out / "latest.json").read_text())
+        fresh = {r["bench"] for r in rows} | set(errors)
+        merged: list[dict[str, Any]] = []
+        for r in old["rows"]:
+            if r.get("bench") in fresh:
+                if r["bench"] not in {m.get("bench") for m in merged}:
+                    merged += [x for x in rows if x["bench"] == r["bench"]]
+            else:
+                merged.append(r)
+        merged += [x for x in rows if x["bench"] not in {m.get("bench") for m in merged}]
+        order = {name: k for k, name in enumerate(ALL)}
+        merged.sort(key=lambda r: order.get(r.get("bench"), len(order)))
+        result = {**old, "rows": merged, "errors": {**old.get("errors", {}), **errors},
+                  "merged": sorted(set(old.get("merged", [])) | fresh), "machine": info}
     dump(out / "latest.json", result)
     (out / "latest.md").write_text(markdown(result, _baseline()))
     print(f"wrote {out / 'latest.md'} and {out / 'latest.json'}", flush=True)
@@ -69,7 +85,8 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     info = result["machine"]
     before = {r["name"]: r for r in (baseline or {}).get("rows", []) if not r.get("scale")}
     lines = [f"Mode: **{result['mode']}**, run {result['started']} ({result['seconds']:.0f} s), commit {info.get('git')}.",
-             "",
+             *([f"Rerun later and merged in (at the commit above): {', '.join(result['merged'])}.", ""]
+               if result.get("merged") else []),
              f"Machine: {info['cores']} cores ({info['cpu']}), {info['memory_mb']:,} MB memory, {info['os']}.",
              "",
              "Versions: " + ", ".join(f"{k} {info[k]}" for k in
@@ -126,10 +143,11 @@ def docs() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="small N, a few seconds per benchmark")
-    parser.add_argument("--only", default="", help="comma-separated: cli, fanout, returns, events, latency")
+    parser.add_argument("--only", default="", help="comma-separated: cli, fanout, returns, returns_jobcache, events, latency")
     parser.add_argument("--out", default=None)
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of sustained load per run (full mode)")
     parser.add_argument("--docs", action="store_true", help="write docs/performance.md from the latest results")
+    parser.add_argument("--merge", action="store_true", help="replace only these benchmarks' rows in latest.json")
     args = parser.parse_args()
     if args.docs:
         docs()
@@ -138,7 +156,7 @@ def main() -> None:
 
     benchmarks.SUSTAIN["seconds"] = args.seconds
     out = Path(args.out) if args.out else (RESULTS / "smoke" if args.smoke else RESULTS)
-    result = run(args.smoke, [x for x in args.only.split(",") if x], out)
+    result = run(args.smoke, [x for x in args.only.split(",") if x], out, args.merge)
     if result["errors"]:
         raise SystemExit(1)
 
