@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["decode", "dumps", "dumps_ret", "loads", "text"]
 
 # A Python str may hold lone surrogates (from a surrogateescape decode, say) that no UTF-8
-# encoder accepts: in JSON they are written as \udXXXX escapes (lossless), in plain text as U+FFFD.
+# encoder accepts: in JSON they are written as \udxxxx escapes (lossless), in plain text as U+FFFD.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Marks the place of ``return`` inside the full return while the rest of it is serialised, so a

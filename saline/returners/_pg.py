@@ -30,7 +30,7 @@ _TRANSIENT_CLASSES = ("08", "53", "57P", "58")
 _TRANSIENT_STATES = {"40001", "40P01", "55P03", "25006", "57014"}
 
 
-# lone surrogates (a surrogateescape decode) are no UTF-8: jsonb takes no \\udXXXX escape of one either
+# lone surrogates (a surrogateescape decode) are no UTF-8: jsonb takes no \\udxxxx escape of one either
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 

@@ -40,6 +40,19 @@ SSL_OPTIONS = (
     Option("sslrootcert", doc="CA certificate file to verify the server against"),
 )
 
+#: Salt's connection options of ``postgres`` (and ``postgres_local_cache``), plus saline's
+CONNECTION_OPTIONS = (
+    Option("host", default="localhost", doc="server host name or address"),
+    Option("user", default="salt", doc="user name"),
+    Option("passwd", default="salt", secret=True, doc="password"),
+    Option("db", default="salt", doc="database name"),
+    Option("port", int, default=5432, doc="server port"),
+    *SSL_OPTIONS,
+    Option("connect_timeout", int, default=10, doc="seconds to wait for a connection"),
+    Option("create_schema", bool, default=False,
+           doc="create the tables and indexes (IF NOT EXISTS) on first connect (saline)"),
+)
+
 
 class PostgresReturner(Returner):
     """Salt's ``postgres`` returner: job returns, loads and events in PostgreSQL, JSON as text.
@@ -102,17 +115,7 @@ class PostgresReturner(Returner):
     alt_prefixes: ClassVar[tuple[str, ...]] = ("postgres",)
     extra = "postgres"
     summary = "PostgreSQL: Salt's jids / salt_returns / salt_events tables, JSON as text"
-    options = (
-        Option("host", default="localhost", doc="server host name or address"),
-        Option("user", default="salt", doc="user name"),
-        Option("passwd", default="salt", secret=True, doc="password"),
-        Option("db", default="salt", doc="database name"),
-        Option("port", int, default=5432, doc="server port"),
-        *SSL_OPTIONS,
-        Option("connect_timeout", int, default=10, doc="seconds to wait for a connection"),
-        Option("create_schema", bool, default=False,
-               doc="create the tables and indexes (IF NOT EXISTS) on first connect (saline)"),
-    )
+    options = CONNECTION_OPTIONS
 
     #: what the read side parses: JSON text here, jsonb in pgjsonb
     jsonb: ClassVar[bool] = False

@@ -12,7 +12,7 @@ from saline.jid import format_jid_instance, format_jid_instance_ext, gen_jid, ji
 from saline.returners import _pg
 from saline.returners._sql import prepare_returns
 from saline.returners.base import Option, Returner, ReturnerError
-from saline.returners.postgres import SSL_OPTIONS
+from saline.returners.postgres import CONNECTION_OPTIONS
 
 # Salt's DDL (salt/returners/postgres_local_cache.py), made re-runnable. The unnamed indexes of
 # Salt's script get the names PostgreSQL gives them, so running this after Salt's script adds
@@ -102,15 +102,7 @@ class PostgresLocalCacheReturner(Returner):
     extra = "postgres"
     summary = "PostgreSQL master job cache with Salt's postgres_local_cache tables"
     options = (
-        Option("host", default="localhost", doc="server host name or address"),
-        Option("user", default="salt", doc="user name"),
-        Option("passwd", default="salt", secret=True, doc="password"),
-        Option("db", default="salt", doc="database name"),
-        Option("port", int, default=5432, doc="server port"),
-        *SSL_OPTIONS,
-        Option("connect_timeout", int, default=10, doc="seconds to wait for a connection"),
-        Option("create_schema", bool, default=False,
-               doc="create the tables and indexes (IF NOT EXISTS) on first connect (saline)"),
+        *CONNECTION_OPTIONS,
         Option("str_return", bool, default=False,
                doc="store the return value as Salt did, as the text of its Python repr inside the JSON (saline)"),
     )
