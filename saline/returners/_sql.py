@@ -57,6 +57,19 @@ def jids_filter_listing(rows_newest_first: Iterable[tuple[str, Any]]) -> list[di
     return out
 
 
+def newest_jobs(rows: Iterable[tuple[str, Any]], count: int, filter_find_job: bool = True) -> list[dict[str, Any]]:
+    """``get_jids_filter`` for backends that list every job: the ``count`` newest of ``(jid, load
+    JSON or dict)`` rows, without ``saltutil.find_job`` probes when asked, oldest first."""
+    kept = []
+    for jid, load in rows:
+        load = _json.loads(load, {}) if not isinstance(load, dict) else load
+        if filter_find_job and isinstance(load, dict) and load.get("fun") == "saltutil.find_job":
+            continue
+        kept.append((jid, load))
+    kept.sort(key=lambda row: row[0], reverse=True)
+    return jids_filter_listing(kept[:max(int(count), 0)])
+
+
 def prepare_returns(returner: Returner, rets: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any], None]]]:
     """Salt's ``req`` rule: a return whose jid is ``req`` (``salt-call``, a schedule) gets a new jid
     and is itself stored as that job's load. Returns ``(returns, loads to save first)``."""

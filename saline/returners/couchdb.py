@@ -13,11 +13,10 @@ import httpx
 
 from saline.returners import _json
 from saline.returners._docjson import safe
-from saline.returners._sql import cutoff_jid, jids_filter_listing, jids_listing, prepare_returns
+from saline.returners._sql import cutoff_jid, jids_listing, newest_jobs, prepare_returns
 from saline.returners.base import BackendUnavailable, Option, Returner, ReturnerError
 from saline.returners.options import scrub
 
-_FIND_JOB = "saltutil.find_job"
 DESIGN = "_design/salt"
 # Salt's two views (its reduce of ``minions`` called an undefined ``key``: ``_count`` here) and
 # saline's two; a return is a document whose ``_id`` is not its jid (a job's load is one that is)
@@ -231,9 +230,7 @@ class CouchdbReturner(Returner):
         return jids_listing(self._loads())
 
     def get_jids_filter(self, count: int, filter_find_job: bool = True) -> list[dict[str, Any]]:
-        rows = [(j, load) for j, load in self._loads() if not (filter_find_job and load.get("fun") == _FIND_JOB)]
-        rows.sort(key=lambda row: row[0], reverse=True)
-        return jids_filter_listing(rows[:max(int(count), 0)])
+        return newest_jobs(self._loads(), count, filter_find_job)
 
     def get_minions(self) -> list[str]:
         self._ensure()

@@ -14,12 +14,11 @@ from urllib.parse import quote, urlencode
 
 from saline.jid import is_jid
 from saline.returners import _json
-from saline.returners._sql import cutoff_jid, jids_filter_listing, jids_listing, prepare_returns
+from saline.returners._sql import cutoff_jid, jids_listing, newest_jobs, prepare_returns
 from saline.returners.base import BackendUnavailable, Option, Returner, ReturnerError
 from saline.returners.options import scrub
 
 LOAD_KEY = ".load.p"
-_FIND_JOB = "saltutil.find_job"
 # etcd v2 error codes: key not found, compare failed, not a file, key exists
 _NOT_FOUND, _COMPARE_FAILED, _NOT_A_FILE, _EXISTS = 100, 101, 102, 105
 _PROFILE_KEYS = ("host", "port", "username", "password", "ttl")
@@ -347,9 +346,7 @@ class EtcdReturner(Returner):
         return jids_listing(sorted(self._jobs()))
 
     def get_jids_filter(self, count: int, filter_find_job: bool = True) -> list[dict[str, Any]]:
-        rows = [(j, load) for j, load in self._jobs() if not (filter_find_job and load.get("fun") == _FIND_JOB)]
-        rows.sort(key=lambda row: row[0], reverse=True)
-        return jids_filter_listing(rows[:max(int(count), 0)])
+        return newest_jobs(self._jobs(), count, filter_find_job)
 
     def get_minions(self) -> list[str]:
         return sorted(_last(n["key"]) for n in self._children("read", f"{self.root}/minions") if not n.get("dir"))

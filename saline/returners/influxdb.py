@@ -13,13 +13,12 @@ from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
 from saline.jid import is_jid, jid_to_datetime
 from saline.returners import _json
-from saline.returners._sql import jids_filter_listing, jids_listing, prepare_returns
+from saline.returners._sql import jids_listing, newest_jobs, prepare_returns
 from saline.returners.base import BackendUnavailable, Option, Returner, ReturnerError
 from saline.returners.options import scrub
 
 T = TypeVar("T")
 
-_FIND_JOB = "saltutil.find_job"
 _BATCH = 5000  # points per HTTP write
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -208,14 +207,7 @@ class InfluxdbReturner(Returner):
         return jids_listing(sorted(self._loads()))
 
     def get_jids_filter(self, count: int, filter_find_job: bool = True) -> list[dict[str, Any]]:
-        rows = []
-        for jid, text in self._loads():
-            load = _json.loads(text, {})
-            if filter_find_job and isinstance(load, dict) and load.get("fun") == _FIND_JOB:
-                continue
-            rows.append((jid, load))
-        rows.sort(key=lambda row: row[0], reverse=True)
-        return jids_filter_listing(rows[:max(int(count), 0)])
+        return newest_jobs(self._loads(), count, filter_find_job)
 
     def get_minions(self) -> list[str]:
         rows = self._query('SHOW TAG VALUES FROM returns WITH KEY = "id"')

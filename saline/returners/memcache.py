@@ -16,7 +16,7 @@ from pymemcache.exceptions import (MemcacheClientError, MemcacheError, MemcacheI
 
 from saline.jid import is_jid
 from saline.returners import _json
-from saline.returners._sql import cutoff_jid, jids_filter_listing, jids_listing, prepare_returns
+from saline.returners._sql import cutoff_jid, jids_listing, newest_jobs, prepare_returns
 from saline.returners.base import BackendUnavailable, Option, Returner, ReturnerError
 
 T = TypeVar("T")
@@ -26,7 +26,6 @@ JIDS_KEY = "jids"
 _CHUNK = 200  # keys per multi-get / multi-set: one round trip each
 _MAX_KEY = 250  # memcached's limit, in bytes
 _RELATIVE_LIMIT = 30 * 24 * 3600  # memcached reads a longer expiry as an absolute Unix time
-_FIND_JOB = "saltutil.find_job"
 # characters a memcached key cannot hold (the text protocol splits on them); ``%`` is escaped
 # too so that an escaped key can never equal another id's plain one
 _UNSAFE = frozenset(chr(c) for c in range(0x21)) | {"\x7f", "%"}
@@ -310,14 +309,7 @@ class MemcacheReturner(Returner):
         return jids_listing(sorted(self._loads()))
 
     def get_jids_filter(self, count: int, filter_find_job: bool = True) -> list[dict[str, Any]]:
-        rows = []
-        for jid, text in self._loads():
-            load = _json.loads(text, {})
-            if filter_find_job and isinstance(load, dict) and load.get("fun") == _FIND_JOB:
-                continue
-            rows.append((jid, load))
-        rows.sort(key=lambda row: row[0], reverse=True)
-        return jids_filter_listing(rows[:max(int(count), 0)])
+        return newest_jobs(self._loads(), count, filter_find_job)
 
     def get_minions(self) -> list[str]:
         return sorted(self._run(lambda c: parse_list(_text(c.get(MINIONS_KEY)))))
