@@ -510,3 +510,38 @@ def test_clean_old_jobs(env: Env) -> None:
             check_load(env, keep.get_load(new), make_load(new, "test.new"))
             assert old not in keep.get_jids() and new in keep.get_jids()
     keep.clean_old_jobs()  # again: nothing left to do, no error
+
+
+def test_outage_through_the_outbox_loses_nothing(env: Env) -> None:
+    """The backend is unavailable while returns come in, then it is back: through the outbox and
+    the delivery workers every return arrives, once."""
+    from saline.master.delivery import Delivery
+    from saline.master.outbox import Outbox
+
+    env.make()  # the good backend's schema, for after the outage
+    name = env.case.name
+    jid = gen_jid()
+    rets = [make_ret(jid, f"out{i:02d}", f"value {i}") for i in range(50)]
+    fast = {"returner_retry_max_seconds": 0.2, "returner_batch_wait_ms": 5}
+    outbox = Outbox(env.tmp_path / "outage" / "outbox.db")
+    try:
+        if env.case.unreachable is not None:
+            down = Delivery({**env.opts, **env.bad(), **fast}, outbox)
+            down.start()
+            down.submit([item for ret in rets for item in down.items_for_return([name], ret)])
+            deadline = time.monotonic() + 15
+            while not down.status().get(name, {}).get("last_error") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            status = down.status()[name]
+            assert status["last_error"] and status["pending"] == 50 and status["delivered"] == 0
+            down.stop()
+        up = Delivery({**env.opts, **fast}, outbox)
+        up.start()
+        if env.case.unreachable is None:
+            up.submit([item for ret in rets for item in up.items_for_return([name], ret)])
+        assert up.flush(60), f"{name}: the outbox did not drain: {up.status().get(name)}"
+        assert up.status()[name]["dead"] == 0
+        up.stop()
+    finally:
+        outbox.close()
+    assert env.returns_seen(env.make(init=False), jid) == 50
