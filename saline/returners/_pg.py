@@ -331,3 +331,29 @@ def conn_params(opts: dict[str, Any], password_key: str, extra: Iterable[str] = 
     for key in extra:
         params[key] = opts.get(key)
     return params
+
+
+class Schema:
+    """``init_schema``, ``check`` and ``close`` of a PostgreSQL returner that keeps one ``Link``
+    (``self.link``) and declares its ``ddl`` and ``tables``."""
+
+    ddl: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    name: str = ""
+    link: Any
+
+    def _create(self, conn: psycopg.Connection) -> None:
+        run_ddl(conn, self.ddl)
+
+    def init_schema(self) -> None:
+        self.link.run(self._create)
+
+    def check(self) -> None:
+        missing = self.link.run(lambda conn: missing_tables(conn, self.tables))
+        if missing:
+            raise ReturnerError(self.link.line(
+                f"table {', '.join(missing)} does not exist in database {self.link.dbname}; create it with: "
+                f"saline-run returners.init {self.name} (or set create_schema: true)"))
+
+    def close(self) -> None:
+        self.link.close()

@@ -9,7 +9,7 @@ import psycopg
 
 from saline.returners import _json, _pg
 from saline.returners._sql import FIND_JOB_LIKE, jids_filter_listing, jids_listing, prepare_returns
-from saline.returners.base import Option, Returner, ReturnerError
+from saline.returners.base import Option, Returner
 
 # Salt's DDL (salt/returners/postgres.py), made re-runnable. ``jids.jid`` is varchar(20) as in
 # Salt: jids with ``unique_jid`` (``_<pid>``) need ``ALTER TABLE jids ALTER jid TYPE varchar(255)``.
@@ -54,7 +54,7 @@ CONNECTION_OPTIONS = (
 )
 
 
-class PostgresReturner(Returner):
+class PostgresReturner(_pg.Schema, Returner):
     """Salt's ``postgres`` returner: job returns, loads and events in PostgreSQL, JSON as text.
 
     Tables (Salt's DDL; ``saline-run returners.init postgres``, or ``create_schema: true``,
@@ -121,6 +121,7 @@ class PostgresReturner(Returner):
     jsonb: ClassVar[bool] = False
     json_type: ClassVar[str] = "text"
     ddl: ClassVar[tuple[str, ...]] = DDL
+    tables: ClassVar[tuple[str, ...]] = TABLES
     password_option: ClassVar[str] = "passwd"
     ssl_keys: ClassVar[tuple[str, ...]] = ("sslmode", "sslcert", "sslkey", "sslrootcert")
 
@@ -245,19 +246,3 @@ class PostgresReturner(Returner):
         self.link.run(lambda conn: _pg.purge_jobs(
             conn, cutoff, archive, jids_older="j.jid ~ '^[0-9]{20}' AND j.jid < %(cutoff_jid)s",
             returns_time="alter_time"))
-
-    def _create(self, conn: psycopg.Connection) -> None:
-        _pg.run_ddl(conn, self.ddl)
-
-    def init_schema(self) -> None:
-        self.link.run(self._create)
-
-    def check(self) -> None:
-        missing = self.link.run(lambda conn: _pg.missing_tables(conn, TABLES))
-        if missing:
-            raise ReturnerError(self.link.line(
-                f"table {', '.join(missing)} does not exist in database {self.link.dbname}; create it with: "
-                f"saline-run returners.init {self.name} (or set create_schema: true)"))
-
-    def close(self) -> None:
-        self.link.close()

@@ -11,7 +11,7 @@ import psycopg
 from saline.jid import format_jid_instance, format_jid_instance_ext, gen_jid, jid_to_datetime
 from saline.returners import _pg
 from saline.returners._sql import prepare_returns
-from saline.returners.base import Option, Returner, ReturnerError
+from saline.returners.base import Option, Returner
 from saline.returners.postgres import CONNECTION_OPTIONS
 
 # Salt's DDL (salt/returners/postgres_local_cache.py), made re-runnable. The unnamed indexes of
@@ -43,7 +43,7 @@ TABLES = ("jids", "salt_returns", "salt_events")
 _LOAD_COLUMNS = ("tgt_type", "cmd", "tgt", "kwargs", "ret", "username", "arg", "fun")
 
 
-class PostgresLocalCacheReturner(Returner):
+class PostgresLocalCacheReturner(_pg.Schema, Returner):
     """Salt's ``postgres_local_cache``: a master job cache in PostgreSQL, with its own tables.
 
     Tables (Salt's DDL; ``saline-run returners.init postgres_local_cache``, or
@@ -98,6 +98,8 @@ class PostgresLocalCacheReturner(Returner):
     """
 
     name = "postgres_local_cache"
+    ddl = DDL
+    tables = TABLES
     prefix = "master_job_cache.postgres"
     extra = "postgres"
     summary = "PostgreSQL master job cache with Salt's postgres_local_cache tables"
@@ -244,21 +246,6 @@ class PostgresLocalCacheReturner(Returner):
         self.link.run(lambda conn: _pg.purge_jobs(conn, cutoff, archive, jids_older="j.started < %(cutoff)s",
                                                   returns_time="added"))
 
-    def _create(self, conn: psycopg.Connection) -> None:
-        _pg.run_ddl(conn, DDL)
-
-    def init_schema(self) -> None:
-        self.link.run(self._create)
-
-    def check(self) -> None:
-        missing = self.link.run(lambda conn: _pg.missing_tables(conn, TABLES))
-        if missing:
-            raise ReturnerError(self.link.line(
-                f"table {', '.join(missing)} does not exist in database {self.link.dbname}; create it with: "
-                f"saline-run returners.init {self.name} (or set create_schema: true)"))
-
-    def close(self) -> None:
-        self.link.close()
 
 
 def _salt_str(value: Any) -> str:
