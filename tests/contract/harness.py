@@ -6,6 +6,7 @@ Each file ``tests/contract/cases/<name>.py`` exposes ``CASES: list[ContractCase]
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,3 +29,18 @@ class ContractCase:
     lossless: bool = True
     #: free-form notes the harness may use (e.g. {"no_events": True})
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def path_under_a_file(tmp_path: Path, name: str) -> str:
+    """A path no process can create: its parent is a regular file."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be\n")
+    return str(blocker / name)
+
+
+def sqlite_count(database: str, sql: str, *args: Any) -> int:
+    conn = sqlite3.connect(database)
+    try:
+        return int(conn.execute(sql, args).fetchone()[0])
+    finally:
+        conn.close()

@@ -6,14 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from tests.contract.harness import ContractCase
-
-
-def path_under_a_file(tmp_path: Path, name: str) -> str:
-    """A path no process can create: its parent is a regular file."""
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where a folder should be\n")
-    return str(blocker / name)
+from tests.contract.harness import ContractCase, path_under_a_file
 
 
 def _cachedir(tmp_path: Path) -> Path:

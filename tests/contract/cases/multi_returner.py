@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-from tests.contract.harness import ContractCase
-
-
-def path_under_a_file(tmp_path: Path, name: str) -> str:
-    """A path no process can create: its parent is a regular file."""
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where a folder should be\n")
-    return str(blocker / name)
-
-
-def sqlite_count(database: str, sql: str, *args: Any) -> int:
-    conn = sqlite3.connect(database)
-    try:
-        return int(conn.execute(sql, args).fetchone()[0])
-    finally:
-        conn.close()
+from tests.contract.harness import ContractCase, path_under_a_file, sqlite_count
 
 
 def _paths(tmp_path: Path) -> tuple[str, str]:

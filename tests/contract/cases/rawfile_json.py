@@ -6,19 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.contract.harness import ContractCase
+from tests.contract.harness import ContractCase, path_under_a_file
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     """The objects of a one-JSON-object-per-line text (split on newlines only, not on U+2028)."""
     return [json.loads(line) for line in text.split("\n") if line.strip()]
-
-
-def path_under_a_file(tmp_path: Path, name: str) -> str:
-    """A path no process can create: its parent is a regular file."""
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where a folder should be\n")
-    return str(blocker / name)
 
 
 def _file(tmp_path: Path) -> Path:
