@@ -115,6 +115,14 @@ class LoadGen:
             "id": mid, "jid": jid, "fun": "test.ping", "fun_args": [], "return": True, "retcode": 0,
             "success": True}}, use_bin_type=True)
 
+    def rets(self, jid: str) -> list[bytes]:
+        """Every minion's return for ``jid``: packed once, then only the id differs (the ids all have
+        the same length), so the generator spends its CPU on sending, not on packing."""
+        first = self.ret(jid, self.ids[0])
+        start = first.index(self.ids[0].encode())
+        head, tail = first[:start], first[start + len(self.ids[0]):]
+        return [head + mid.encode() + tail for mid in self.ids]
+
     def run(self, seconds: float, window: int, report: Any = None, max_returns: int = 0) -> None:
         """Send returns job after job for ``seconds`` (or until ``max_returns``), ``window`` unacked at most."""
         jids: deque[str] = deque()
@@ -138,10 +146,10 @@ class LoadGen:
                 while not jids:
                     time.sleep(0.001)
                 jid = jids.popleft()
-                for sock, mid in zip(self.socks, self.ids):
+                for sock, data in zip(self.socks, self.rets(jid)):
                     while self.sent - self.acked >= window:
                         self._drain(100)
-                    sock.send(self.ret(jid, mid))
+                    sock.send(data)
                     self.sent += 1
                     if max_returns and self.sent >= max_returns:
                         break

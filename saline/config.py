@@ -69,6 +69,7 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "returner_retry_max_seconds": ((int, float), 60),
     "returner_dead_after_seconds": ((int, float), 86400),
     "returners_on_minion": ((bool,), False),
+    "returner_processes": ((bool,), True),
     "nodegroups": ((dict,), {}),
 }
 

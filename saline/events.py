@@ -49,8 +49,8 @@ class EventBus:
 
     def fire(self, tag: str, data: dict[str, Any]) -> dict[str, Any]:
         """Stamp and deliver an event; returns it as ``{"tag", "data"}``."""
-        data = dict(data)
-        data.setdefault("_stamp", stamp())
+        if "_stamp" not in data:  # a stamped dict is not copied: the return path fires thousands a second
+            data = {**data, "_stamp": stamp()}
         event = {"tag": tag, "data": data}
         for sub in self._subs:
             if tag.startswith(sub.prefix):

@@ -70,8 +70,9 @@ class Master:
         self.keys = KeyStore(opts["pki_dir"])
         self.public_key, self.secret_key = ensure_keypair(opts["pki_dir"], "master")
         self.state = MasterState(self.cachedir / "master.db")
-        self.outbox = Outbox(self.cachedir / "outbox.db")
-        self.delivery = Delivery(opts, self.outbox)
+        processes = bool(opts.get("returner_processes", True))
+        self.outbox = Outbox(self.cachedir / "outbox.db", shared=processes)
+        self.delivery = Delivery(opts, self.outbox, processes=processes)
         self.events = EventBus()
         self.max_size = int(opts["max_frame_size"])
         self.job_cache = opts.get("master_job_cache") or "saline_cache"
@@ -370,7 +371,7 @@ class Master:
 
     def _handle_group(self, group: list[list[zmq.Frame]]) -> None:
         self.keys.refresh()
-        replies: list[tuple[bytes, dict[str, Any]]] = []
+        replies: list[tuple[bytes, Any]] = []  # a reply is a message, or one already encoded
         accepted: list[tuple[bytes, dict[str, Any]]] = []
         for frames in group:
             if len(frames) != 2:
@@ -392,7 +393,7 @@ class Master:
         out = getattr(self, "_router_sync", None) or self.router
         for routing, reply in replies:
             try:
-                out.send_multipart([routing, encode(reply)], flags=zmq.NOBLOCK)
+                out.send_multipart([routing, reply if isinstance(reply, bytes) else encode(reply)], flags=zmq.NOBLOCK)
             except zmq.Again:
                 log.debug("could not reply to a minion (its queue is full)")
 
@@ -475,10 +476,11 @@ class Master:
             except OutboxError as exc:
                 log.error("event %s not queued for event returners: %s", tag, exc)
 
-    def _store_returns(self, accepted: list[tuple[bytes, dict[str, Any]]]) -> list[tuple[bytes, dict[str, Any]]]:
+    def _store_returns(self, accepted: list[tuple[bytes, dict[str, Any]]]) -> list[tuple[bytes, Any]]:
         """Write accepted returns durably, then build their acks (group commit)."""
-        replies: list[tuple[bytes, dict[str, Any]]] = []
-        acks: list[tuple[bytes, dict[str, Any]]] = []
+        replies: list[tuple[bytes, Any]] = []
+        acks: list[tuple[bytes, bytes]] = []
+        ack_of: dict[str, bytes] = {}  # a group holds many returns of the same few jobs: encode each ack once
         items: list[Item] = []
         fresh: list[tuple[str, str, int]] = []
         to_fire: list[tuple[str, dict[str, Any]]] = []
@@ -507,7 +509,10 @@ class Master:
             items += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)
             to_fire.append((job_ret_tag(jid, mid), ret))
             fresh.append((jid, mid, _retcode(load.get("retcode"))))
-            acks.append((routing, {"cmd": "ack", "jid": jid}))
+            ack = ack_of.get(jid)
+            if ack is None:
+                ack = ack_of[jid] = encode({"cmd": "ack", "jid": jid})
+            acks.append((routing, ack))
         if fresh:
             try:
                 self.delivery.submit(items)

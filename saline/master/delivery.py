@@ -50,6 +50,7 @@ from typing import Any, Mapping, Sequence
 
 from saline.config import ConfigError, returner_names
 from saline.master.outbox import Item, Outbox, OutboxError, Row, kwargs_key
+from saline.master.returner_process import RemoteWorker
 from saline.returners import registry
 from saline.returners.base import BackendUnavailable, Returner
 from saline.returners.options import MASK, masked, resolve, scrub, secret_values
@@ -94,9 +95,12 @@ def backoff(attempts: int, cap: float) -> float:
 class Delivery:
     """The returner workers of one master; see the module docstring."""
 
-    def __init__(self, master_opts: Mapping[str, Any], outbox: Outbox) -> None:
+    def __init__(self, master_opts: Mapping[str, Any], outbox: Outbox, processes: bool = False) -> None:
+        """``processes``: each returner's worker runs in its own process
+        (:mod:`saline.master.returner_process`; the outbox must then be opened shared)."""
         self.opts = master_opts
         self.outbox = outbox
+        self.processes = processes
         self.batch_size = max(1, int(master_opts.get("returner_batch_size") or 1000))
         self.batch_wait = max(0.0, float(master_opts.get("returner_batch_wait_ms") or 0) / 1000.0)
         self.retry_max = max(0.0, float(master_opts.get("returner_retry_max_seconds") or 60))
@@ -178,6 +182,31 @@ class Delivery:
             if c["pending"]:
                 self._worker(name).wake()
 
+    def start_one(self, name: str) -> None:
+        """Start the worker of ``name`` only (in a returner's own process)."""
+        with self._lock:
+            self._started = True
+        self._worker(name).wake()
+
+    def wake(self, name: str, submitted: int = 0, not_events: int = 0) -> None:
+        """Tell the worker of ``name`` that items were put (by another process)."""
+        if self._started:
+            self._worker(name).wake(submitted, not_events)
+
+    def add_flushing(self, delta: int) -> None:
+        """A flush began (+1) or ended (-1): held events go at once meanwhile."""
+        with self._lock:
+            self._flushing += delta
+            workers = list(self._workers.values())
+        for w in workers:
+            w.flushing(delta)
+
+    def worker_figures(self, name: str) -> tuple[float, float]:
+        """(throughput, paused_until) of the worker of ``name``; zeros when it has none."""
+        with self._lock:
+            w = self._workers.get(name)
+        return w.figures() if w is not None else (0.0, 0.0)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Let each worker finish the batch in flight, then close its returner connections."""
         with self._lock:
@@ -235,8 +264,7 @@ class Delivery:
         """Wait until nothing is pending (for ``returner`` only, when given); False on timeout.
         Events held for ``event_return_queue`` go at once meanwhile."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            self._flushing += 1
+        self.add_flushing(1)
         try:
             if self._started:
                 for name, c in self.outbox.counts().items():
@@ -248,15 +276,17 @@ class Delivery:
                 time.sleep(0.01)
             return True
         finally:
-            with self._lock:
-                self._flushing -= 1
+            self.add_flushing(-1)
 
-    def _worker(self, name: str) -> "_Worker":
+    def _worker(self, name: str) -> "_Worker | RemoteWorker":
         with self._lock:
             w = self._workers.get(name)
             if w is None or not w.is_alive():
-                w = self._workers[name] = _Worker(self, name)
-                w.start()
+                if self.processes:
+                    w = self._workers[name] = RemoteWorker(self, name)
+                else:
+                    w = self._workers[name] = _Worker(self, name)
+                    w.start()
             return w
 
     # -- health -----------------------------------------------------------------------------------
@@ -267,12 +297,13 @@ class Delivery:
         counts = self.outbox.counts()
         with self._lock:
             workers = dict(self._workers)
+        figures = {name: w.figures() for name, w in workers.items()}
         names = set(counts) | set(workers) | set(self.event_names) | set(returner_names(self.opts.get("return")))
         now = time.time()
         out: dict[str, dict] = {}
         for name in sorted(names):
             c = counts.get(name, {})
-            w = workers.get(name)
+            throughput, paused_until = figures.get(name, (0.0, 0.0))
             secrets = self._secrets(name, None, None)
             oldest = c.get("oldest_enqueued")
             err = c.get("last_error")
@@ -285,9 +316,9 @@ class Delivery:
                 "last_error": scrub(err, secrets) if err else None,
                 "last_error_time": c.get("last_error_time"),
                 "last_success_time": c.get("last_success_time"),
-                "throughput": round(w.throughput(), 1) if w else 0.0,
+                "throughput": round(throughput, 1),
                 "oldest_pending_age_s": round(max(0.0, now - oldest), 3) if oldest else 0.0,
-                "backoff_s": round(max(0.0, w.paused_until - now), 3) if w else 0.0,
+                "backoff_s": round(max(0.0, paused_until - now), 3),
                 "options": self._shown_options(name, secrets),
             }
         return out
@@ -370,6 +401,12 @@ class _Worker(threading.Thread):
 
     def _stopping(self) -> bool:
         return self.stopping
+
+    def flushing(self, delta: int) -> None:
+        """Nothing to pass on: this thread reads ``Delivery._flushing`` itself."""
+
+    def figures(self) -> tuple[float, float]:
+        return self.throughput(), self.paused_until
 
     def throughput(self) -> float:
         now = time.time()

@@ -23,10 +23,14 @@ Concurrency, as measured by ``bench/bench_outbox.py`` on this machine (2 CPUs, S
   within the noise of each other, but with a lower p99 put latency (0.4-0.5 ms against 0.6-1.1 ms;
   5.2-5.8 ms against 7-14 ms), since SQLite's busy handler sleeps whole milliseconds where the lock
   hands over in microseconds. Simpler too: one connection to close, no busy errors.
-- ``locking_mode=EXCLUSIVE``: the WAL index lives in the process's memory (+28% commits/s,
-  measured on one-row transactions) and a second master started on the same cachedir gets a clear
-  error instead of sharing the queue. Other processes cannot read the file while the master runs;
-  they ask the master.
+- ``locking_mode=EXCLUSIVE`` (the minion's outbox, and a master with ``returner_processes:
+  False``): the WAL index lives in the process's memory (+28% commits/s, measured on one-row
+  transactions) and a second master started on the same cachedir gets a clear error instead of
+  sharing the queue. A master whose returners run in their own processes
+  (:mod:`saline.master.returner_process`) opens it ``shared``: plain WAL, so those processes take,
+  acknowledge and retry their items in the same file, while the master alone puts; an exclusive
+  ``flock`` on ``outbox.db.lock`` then keeps a second master away. Its transactions are large
+  (a group of returns, a batch of deliveries), so the busy waits between processes stay rare.
 - No AUTOINCREMENT (it cost a third of the commit rate): a seq may be handed out again after the
   row that had it is gone, which is harmless since only the worker that took a row acks it.
 
@@ -45,11 +49,12 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import msgpack
+
+from saline import sqlitewal
 
 KINDS = ("ret", "load", "event", "minions")
 
@@ -105,8 +110,7 @@ class OutboxError(Exception):
     """The outbox cannot be opened or written; the message is one line."""
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One thing to deliver to one returner.
 
     ``payload`` by kind: ``ret`` a return dict; ``load`` ``{"jid", "load", "minions"}``;
@@ -120,9 +124,9 @@ class Item:
     ret_kwargs: dict | None = None
 
 
-@dataclass(frozen=True)
-class Row:
-    """An item as stored, with its delivery state."""
+class Row(NamedTuple):
+    """An item as stored, with its delivery state. (Tuples: the master makes one Item per return and
+    returner, a worker one Row per item taken; a frozen dataclass costs several times as much.)"""
 
     seq: int
     returner: str
@@ -172,34 +176,65 @@ def _one_line(exc: BaseException) -> str:
 class Outbox:
     """The durable queue; see the module docstring. Safe to use from any number of threads."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, shared: bool = False, guard: bool = True) -> None:
+        """``shared``: other processes use the file too (no exclusive locking mode); ``guard``
+        (with ``shared``): hold the lock file that keeps a second master away."""
         self.path = Path(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._guard: Any = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutboxError(f"outbox {self.path}: cannot create folder {self.path.parent}: "
                               f"{exc.strerror or _one_line(exc)}") from None
+        if shared and guard:
+            self._guard = self._take_guard()
         try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=2.0)
+            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                   timeout=10.0 if shared else 2.0)
         except sqlite3.Error as exc:
+            self._drop_guard()
             raise OutboxError(self._why("open", exc)) from None
         try:
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            if not shared:
+                conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(f"outbox {self.path}: cannot switch to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA journal_size_limit=67108864")
+            sqlitewal.tune(conn)
             conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             conn.close()
+            self._drop_guard()
             raise OutboxError(self._why("open", exc)) from None
         except OutboxError:
             conn.close()
+            self._drop_guard()
             raise
         self._conn = conn
+
+    def _take_guard(self) -> Any:
+        import fcntl
+
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            handle = open(lock_path, "a")
+        except OSError as exc:
+            raise OutboxError(f"outbox {self.path}: cannot open {lock_path}: {exc.strerror or _one_line(exc)}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise OutboxError(f"outbox {self.path}: cannot open: database is locked "
+                              "(another saline-master is using this cachedir)") from None
+        return handle
+
+    def _drop_guard(self) -> None:
+        if self._guard is not None:
+            self._guard.close()  # closing the file releases the flock
+            self._guard = None
 
     # -- plumbing -------------------------------------------------------------------------------
     def _why(self, doing: str, exc: BaseException) -> str:
@@ -387,6 +422,7 @@ class Outbox:
                     self._conn.close()
                 finally:
                     self._conn = None
+            self._drop_guard()
 
 
 class _Txn:

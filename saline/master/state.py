@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import msgpack
 
+from saline import sqlitewal
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (jid TEXT PRIMARY KEY, load BLOB NOT NULL, minions BLOB NOT NULL,
                                  started REAL NOT NULL, timeout REAL NOT NULL DEFAULT 0);
@@ -46,6 +48,7 @@ class MasterState:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        sqlitewal.tune(self.db)
         self.db.executescript(_SCHEMA)
         self.lock = threading.Lock()
         self.grains: dict[str, dict | None] = {}

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
+from saline import sqlitewal
 from saline.jid import format_jid_instance, format_jid_instance_ext
 from saline.returners import _json
 from saline.returners.base import BackendUnavailable, Returner, ReturnerError
@@ -118,9 +119,11 @@ class SqliteDB:
         except (OSError, sqlite3.Error) as exc:
             raise self.error(exc) from None
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if self.synchronous:
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            if str(mode).lower() == "wal":
+                sqlitewal.tune(conn)
             if self.setup is not None:
                 self.setup(conn)
         except sqlite3.Error as exc:

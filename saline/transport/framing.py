@@ -31,6 +31,16 @@ def encode(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True, default=_default)
 
 
+#: every byte that is not the first byte of a msgpack map or array header
+_NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or b in (0xDC, 0xDD, 0xDE, 0xDF)))
+
+
+def _may_nest(data: bytes, limit: int) -> bool:
+    """False when ``data`` cannot hold more than ``limit`` nested maps and arrays: each level needs a
+    header byte, so fewer candidate bytes (counted in C) than levels settles it without a walk."""
+    return len(data.translate(None, _NOT_CONTAINER)) > limit
+
+
 def _depth_ok(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
@@ -60,7 +70,7 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, Any]:
         raise FrameError(f"a frame must be a map, got {type(message).__name__}")
     if not isinstance(message.get("cmd"), str):
         raise FrameError("a frame must carry a string 'cmd'")
-    if not _depth_ok(message, MAX_DEPTH):
+    if _may_nest(data, MAX_DEPTH) and not _depth_ok(message, MAX_DEPTH):
         raise FrameError(f"frame nested deeper than {MAX_DEPTH} levels")
     return message
 
