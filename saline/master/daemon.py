@@ -40,6 +40,8 @@ from saline.transport.zeromq import PUB_DOMAIN, RET_DOMAIN, ZapHandler, server_s
 log = logging.getLogger(__name__)
 
 GROUP_MAX = 2000  # messages handled per group commit
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: after re-binding the publish socket, jobs wait at most this long for the listening minions
 PUB_REBIND_HOLD = 2.0
 #: after a start, jobs wait at most this long for the accepted minions to subscribe again (their
@@ -393,7 +395,10 @@ class Master:
         out = getattr(self, "_router_sync", None) or self.router
         for routing, reply in replies:
             try:
-                out.send_multipart([routing, reply if isinstance(reply, bytes) else encode(reply)], flags=zmq.NOBLOCK)
+                # two sends with plain int flags: send_multipart combines enum flags per frame, a
+                # tenth of the cost of an ack
+                out.send(routing, _MORE_NOBLOCK)
+                out.send(reply if isinstance(reply, bytes) else encode(reply), _NOBLOCK)
             except zmq.Again:
                 log.debug("could not reply to a minion (its queue is full)")
 

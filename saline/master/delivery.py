@@ -113,6 +113,7 @@ class Delivery:
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}
         self._classes: dict[str, type[Returner]] = {}
+        self._support: dict[tuple[str, str], bool] = {}
         self._checked: set[tuple[str, str, str]] = set()
         self._started = False
         self._flushing = 0
@@ -130,11 +131,19 @@ class Delivery:
             cls = self._classes[name] = registry.get_class(name)  # ConfigError when unknown
         return cls
 
+    def _supports(self, name: str, method: str) -> bool:
+        """``supports`` of the returner class, remembered: asked for every return."""
+        key = (name, method)
+        found = self._support.get(key)
+        if found is None:
+            found = self._support[key] = self._class(name).supports(method)
+        return found
+
     def items_for_return(self, names: list[str], ret: dict, ret_config: str | None = None,
                          ret_kwargs: Mapping[str, Any] | str | None = None) -> list[Item]:
         """One ``ret`` item per named returner that stores returns; ConfigError for an unknown name."""
         kwargs = _kwargs(ret_kwargs)
-        return [Item(n, "ret", ret, ret_config or None, kwargs) for n in names if self._class(n).supports("returns")]
+        return [Item(n, "ret", ret, ret_config or None, kwargs) for n in names if self._supports(n, "returns")]
 
     def items_for_load(self, names: list[str], jid: str, load: dict, minions: list[str] | None,
                        ret_config: str | None = None, ret_kwargs: Mapping[str, Any] | str | None = None) -> list[Item]:
