@@ -293,8 +293,23 @@ def _one_backend(backend: str, smoke: bool, folder: Path, db: Any, extra: dict[s
                                     f"{seconds:.0f} s per run")]
 
 
+def transport_floor(smoke: bool) -> Rows:
+    """Bare pyzmq carrying the same returns and acks as the load generator (``zmq_return_floor.py``)."""
+    minions, seconds, runs = (100, 2.0, 1) if smoke else (1000, 10.0, 3)
+    rates = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, str(BENCH / "zmq_return_floor.py"), str(minions), str(seconds)],
+                             capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            raise RuntimeError(f"zmq_return_floor: {out.stderr.strip()[-300:]}")
+        rates.append(float(out.stdout.strip().splitlines()[-1]))
+    return [figure(f"returns acked per second by a bare pyzmq ROUTER ({minions} CURVE DEALERs, no saline)",
+                   median(rates), "/s", runs=rates,
+                   note="the transport floor of the rows below: the same messages and acks, nothing stored")]
+
+
 def bench_returns(smoke: bool, folder: Path, backends: tuple[str, ...] = ("mysql", "postgres", "sqlite3", "redis")) -> Rows:
-    rows: Rows = []
+    rows: Rows = transport_floor(smoke)
     for backend in backends:
         sub = folder / backend
         sub.mkdir(parents=True, exist_ok=True)
