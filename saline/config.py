@@ -64,7 +64,7 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "master_id": ((str,), None),
     "gather_job_timeout": ((int, float), 10),
     "loop_interval": ((int, float), 60),
-    "returner_batch_size": ((int,), 1000),
+    "returner_batch_size": ((int,), 4000),
     "returner_batch_wait_ms": ((int, float), 20),
     "returner_retry_max_seconds": ((int, float), 60),
     "returner_dead_after_seconds": ((int, float), 86400),

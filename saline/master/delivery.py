@@ -101,7 +101,7 @@ class Delivery:
         self.opts = master_opts
         self.outbox = outbox
         self.processes = processes
-        self.batch_size = max(1, int(master_opts.get("returner_batch_size") or 1000))
+        self.batch_size = max(1, int(master_opts.get("returner_batch_size") or 4000))
         self.batch_wait = max(0.0, float(master_opts.get("returner_batch_wait_ms") or 0) / 1000.0)
         self.retry_max = max(0.0, float(master_opts.get("returner_retry_max_seconds") or 60))
         self.dead_after = float(master_opts.get("returner_dead_after_seconds") or 86400)
@@ -490,9 +490,8 @@ class _Worker(threading.Thread):
             with self.cond:
                 self.cond.wait_for(more, timeout=None if math.isinf(remaining) else remaining)
                 mark = (self.submitted, self.not_events)
-            rows = self.d.outbox.take(self.returner, self.d.batch_size)
-            if not rows:
-                break
+            # only what came since: the rows in hand are not read and unpacked again
+            rows += self.d.outbox.take(self.returner, self.d.batch_size - len(rows), after=max(r.seq for r in rows))
         return rows
 
     # -- one batch ----------------------------------------------------------------------------------

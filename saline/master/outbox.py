@@ -282,15 +282,16 @@ class Outbox:
                 "INSERT INTO pending (returner, kind, payload, ret_config, ret_kwargs, enqueued, next_try)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def take(self, returner: str, limit: int, now: float | None = None) -> list[Row]:
-        """Up to ``limit`` items of ``returner`` that are due, oldest first; they stay stored until
-        ``done``/``retry``/``bury`` (one consumer per returner)."""
+    def take(self, returner: str, limit: int, now: float | None = None, after: int | None = None) -> list[Row]:
+        """Up to ``limit`` items of ``returner`` that are due, oldest first (only those past seq
+        ``after``, when given); they stay stored until ``done``/``retry``/``bury`` (one consumer per
+        returner)."""
         now = time.time() if now is None else now
         with self._lock:
             try:
                 found = self._db().execute(
-                    f"SELECT {_COLUMNS} FROM pending WHERE returner = ? AND next_try <= ? ORDER BY seq LIMIT ?",
-                    (returner, now, int(limit))).fetchall()
+                    f"SELECT {_COLUMNS} FROM pending WHERE returner = ? AND seq > ? AND next_try <= ? ORDER BY seq LIMIT ?",
+                    (returner, -1 if after is None else after, now, int(limit))).fetchall()
             except sqlite3.Error as exc:
                 raise OutboxError(self._why("read", exc)) from None
         return [Row(r[0], r[1], r[2], _unpack(r[3]), r[4], _unpack(r[5]), r[6], r[7], r[8], r[9], r[10])
