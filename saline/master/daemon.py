@@ -79,7 +79,8 @@ class Master:
         self.max_size = int(opts["max_frame_size"])
         self.job_cache = opts.get("master_job_cache") or "saline_cache"
         self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "untargeted": 0, "duplicates": 0,
-                      "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0, "store_failures": 0}
+                      "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0, "store_failures": 0,
+                      "groups": 0, "grouped_messages": 0}
         self._store_failing_since: float | None = None  # when the outbox began refusing returns
         self._store_logged = (0.0, 0)                    # (when the last error line was, returns refused since)
         self._subscribers: dict[str, float] = {}  # key -> when it subscribed to the publish socket
@@ -366,6 +367,8 @@ class Master:
                 while frames[-1].more:  # the rest of a message is there as soon as its first frame is
                     frames.append(sync.recv(copy=False))
                 group.append(frames)
+            self.stats["groups"] += 1
+            self.stats["grouped_messages"] += len(group)
             try:
                 self._handle_group(group)
             except Exception:  # a bug must not take the return socket down
