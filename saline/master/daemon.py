@@ -557,6 +557,7 @@ class Master:
         last_clean = 0.0
         while True:
             await asyncio.sleep(KEY_CHECK_INTERVAL)
+            self.delivery.revive()
             if self.keys.refresh():
                 self.events.fire("salt/key", {"act": "refresh", "listing": self.keys.listing()})
             try:

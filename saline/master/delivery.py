@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 IDLE_CLOSE_SECONDS = 60.0
 #: the first retry delay bound; it doubles with each attempt up to ``returner_retry_max_seconds``
 RETRY_BASE_SECONDS = 0.2
+#: a delivery process is started again at most this often
+RESTART_MIN_SECONDS = 1.0
 #: the window of the throughput figure
 THROUGHPUT_WINDOW = 60.0
 
@@ -287,11 +289,23 @@ class Delivery:
         finally:
             self.add_flushing(-1)
 
+    def revive(self) -> None:
+        """Start again the delivery processes that died (the master calls this every tick, so a
+        process that died while nothing new came in does not leave its items waiting)."""
+        with self._lock:
+            dead = [name for name, w in self._workers.items() if not w.is_alive()] if self._started else []
+        for name in dead:
+            self._worker(name).wake()
+
     def _worker(self, name: str) -> "_Worker | RemoteWorker":
         with self._lock:
             w = self._workers.get(name)
             if w is None or not w.is_alive():
                 if self.processes:
+                    if isinstance(w, RemoteWorker):
+                        if time.monotonic() - w.started < RESTART_MIN_SECONDS:
+                            return w  # it died at once (a broken install?): not started again at every wake
+                        log.error("returner %s: its delivery process ended (%s); starting another", name, w.how_it_ended())
                     w = self._workers[name] = RemoteWorker(self, name)
                 else:
                     w = self._workers[name] = _Worker(self, name)

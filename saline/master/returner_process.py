@@ -110,6 +110,7 @@ class RemoteWorker:
             log.error("returner %s: could not start its process: %s", returner, exc)
         ours.setblocking(False)
         self.sock = ours
+        self.started = time.monotonic()
         self._counts_lock = threading.Lock()
         self._unsent = [0, 0]  # wake counts that did not fit in the socket yet
         self._request_lock = threading.Lock()
@@ -177,6 +178,12 @@ class RemoteWorker:
     # -- the process -----------------------------------------------------------------------------
     def is_alive(self) -> bool:
         return self.proc.poll() is None
+
+    def how_it_ended(self) -> str:
+        code = self.proc.returncode
+        if code is None:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
     def join(self, timeout: float | None = None) -> None:
         try:

@@ -79,10 +79,24 @@ def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(make_cluster:
     took = time.monotonic() - killed_at
     second = delivery_processes(master_pid).get("sqlite3")
     assert second and second != first, "a new delivery process took over"
+    assert "returner sqlite3: its delivery process ended (killed by signal 9); starting another" in cluster.master_log()
     wait_for(lambda: cluster.status("sqlite3")["pending"] == 0, 30, "the outbox to empty")
     status = cluster.status("sqlite3")
     assert status["dead"] == 0 and status["throughput"] > 0, status
     figure("killed delivery process", returns=expected, delivered_distinct=expected, recovered_s=round(took, 2))
+
+
+def test_a_killed_idle_delivery_process_comes_back_by_itself(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    cluster.start_master()
+    cluster.start_minions("m1")
+    master_pid = cluster.procs["master"].pid
+    cluster.publish_many("m1", "test.ping", 1)
+    first = wait_for(lambda: delivery_processes(master_pid).get("saline_cache"), 20, "the job cache's process")
+    os.kill(first, signal.SIGKILL)
+    # nothing new comes in: the master's own tick notices and starts it again
+    wait_for(lambda: delivery_processes(master_pid).get("saline_cache") not in (None, first), 10,
+             f"a new saline_cache delivery process\n{logs(cluster)}")
 
 
 def test_delivery_processes_end_with_a_killed_master(make_cluster: Callable[..., Cluster]) -> None:
