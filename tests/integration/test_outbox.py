@@ -144,6 +144,32 @@ def test_a_second_master_on_the_same_cachedir_is_refused(tmp_path: Path) -> None
     Outbox(tmp_path / "outbox.db").close()  # free again once the first is closed
 
 
+def test_shared_outbox_one_master_and_its_delivery_processes(tmp_path: Path) -> None:
+    """A master whose returners run in processes opens the file shared: a second master is still
+    refused, while a delivery process (no guard) takes and acks in the same file."""
+    path = tmp_path / "outbox.db"
+    master = Outbox(path, shared=True)
+    try:
+        with pytest.raises(OutboxError) as err:
+            Outbox(path, shared=True)
+        assert "another saline-master" in str(err.value) and "\n" not in str(err.value)
+        master.put(rets(3))
+        worker = Outbox(path, shared=True, guard=False)
+        try:
+            taken = worker.take("mysql", 10)
+            assert [r.payload["id"] for r in taken] == ["m0", "m1", "m2"]
+            assert [r.payload["id"] for r in worker.take("mysql", 10, after=taken[0].seq)] == ["m1", "m2"]
+            worker.done("mysql", [r.seq for r in taken[:2]])
+            master.put(rets(1, start=3))
+        finally:
+            worker.close()
+        assert [r.payload["id"] for r in master.take("mysql", 10)] == ["m2", "m3"]
+        assert master.counts()["mysql"]["delivered"] == 2
+    finally:
+        master.close()
+    Outbox(path, shared=True).close()  # free again once the first is closed
+
+
 # -- durability ---------------------------------------------------------------------------------
 CHILD = textwrap.dedent("""
     import sys
