@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from common import (Cluster, cluster, figure, median, mysql_count, mysql_database, mysql_opts, percentile,
+from common import (Cluster, cluster, cpu_shares, cpu_snapshot, figure, median, mysql_count, mysql_database, mysql_opts, percentile,
                     pg_count, pg_database, pg_opts, redis_count, redis_database, redis_opts, sqlite_count,
                     tree_memory)
 
@@ -154,9 +154,14 @@ class Load:
         return self.lines[-1] if self.lines else {}
 
 
+#: CPU per part of the last sustained run (percent of one core), for the row's note
+LAST_CPU: dict[str, float] = {}
+
+
 def sustained_rate(c: Cluster, count: Callable[[], int], seconds: float, warmup: float, minions: int,
                    prefix: str) -> tuple[float, float]:
-    """(rows per second delivered into the backend while the load ran, returns acked per second)."""
+    """(rows per second delivered into the backend while the load ran, returns acked per second).
+    The CPU each part of the run used meanwhile is left in ``LAST_CPU``."""
     load = Load(c, minions, seconds + warmup, prefix)
     if not load.ready.wait(180):
         load.proc.kill()
@@ -164,11 +169,23 @@ def sustained_rate(c: Cluster, count: Callable[[], int], seconds: float, warmup:
     time.sleep(warmup)
     n0, t0 = count(), time.monotonic()
     a0 = load.lines[-1].get("acked", 0)
+    cpu0 = cpu_snapshot(c.master_pid(), load.proc.pid)
     time.sleep(seconds)
+    cpu1 = cpu_snapshot(c.master_pid(), load.proc.pid)
     n1, t1 = count(), time.monotonic()
     a1 = load.lines[-1].get("acked", 0)
     load.wait(120)
+    LAST_CPU.clear()
+    LAST_CPU.update(cpu_shares(cpu0, cpu1, t1 - t0))
     return (n1 - n0) / (t1 - t0), (a1 - a0) / (t1 - t0)
+
+
+def cpu_note(shares: list[dict[str, float]]) -> str:
+    """The median CPU of each part over the runs, as a note: where the two cores went."""
+    labels = list(dict.fromkeys(k for s in shares for k in s))
+    parts = [f"{k} {median([s.get(k, 0.0) for s in shares]):.0f} %" for k in labels]
+    total = median([sum(s.values()) for s in shares])
+    return f"CPU (% of one core, {total:.0f} % in all): " + ", ".join(parts)
 
 
 RET_ROW = {"fun_args": [], "return": True, "retcode": 0, "success": True, "fun": "test.ping"}
@@ -266,12 +283,13 @@ def _one_backend(backend: str, smoke: bool, folder: Path, db: Any, extra: dict[s
     runs = 1 if smoke else 3
     opts, count = _returns_config(backend, db, folder)
     opts.update(extra or {})
-    rates, acked = [], []
+    rates, acked, cpu = [], [], []
     with cluster(folder / f"ret-{backend}", opts) as c:
         for k in range(runs):
             rate, ack = sustained_rate(c, count, seconds, warmup, minions, prefix=f"load{k}-")
             rates.append(rate)
             acked.append(ack)
+            cpu.append(dict(LAST_CPU))
     n = 5000 if smoke else 100_000
     if backend == "mysql":
         floor = floor_mysql(db, n)
@@ -290,7 +308,7 @@ def _one_backend(backend: str, smoke: bool, folder: Path, db: Any, extra: dict[s
                                "sqlite3": "sqlite3 executemany, batches of 1,000",
                                "redis": "redis-py pipeline HSET, batches of 1,000"}[backend],
                    runs=rates, note=f"acked by the master {median(acked):,.0f}/s; {minions} load minions, "
-                                    f"{seconds:.0f} s per run")]
+                                    f"{seconds:.0f} s per run; {cpu_note(cpu)}")]
 
 
 def transport_floor(smoke: bool) -> Rows:
@@ -340,18 +358,19 @@ def bench_events(smoke: bool, folder: Path) -> Rows:
     runs = 1 if smoke else 3
     with mysql_database() as db:
         opts = {"event_return": "mysql", **mysql_opts(db)}
-        rates = []
+        rates, cpu = [], []
         with cluster(folder / "events", opts) as c:
             for k in range(runs):
                 rate, _ack = sustained_rate(c, lambda: mysql_count(db, "salt_events"), seconds, warmup, minions,
                                             prefix=f"ev{k}-")
                 rates.append(rate)
+                cpu.append(dict(LAST_CPU))
         floor = floor_mysql(db, 5000 if smoke else 100_000, table="salt_events")
     value = median(rates)
     return [figure("event returns per second to mysql (event_return, through master and outbox)", value, "/s",
                    goal="> 30,000/s", met=value > 30_000, floor=floor,
                    floor_what="PyMySQL executemany into salt_events, batches of 1,000", runs=rates,
-                   note="one salt/job/<jid>/ret/<id> event per return")]
+                   note=f"one salt/job/<jid>/ret/<id> event per return; {cpu_note(cpu)}")]
 
 
 # -- 4. latency from a return to its row, and bursts of N returns --------------------------------------------

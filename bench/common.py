@@ -191,6 +191,59 @@ def tree_memory(pid: int) -> dict[str, float]:
     return {"rss": sum(rss_mb(p) for p in pids), "pss": sum(pss_mb(p) for p in pids), "processes": len(pids)}
 
 
+# -- CPU per process ------------------------------------------------------------------------------------
+SERVERS = ("mariadbd", "mysqld", "postgres", "redis-server")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _label(pid: int, master: int, load: int) -> str | None:
+    """Which part of the run a process is: the master, a delivery process, the load generator, the
+    database server; None for anything else on the machine."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    if pid == master:
+        return "master"
+    if pid == load:
+        return "load generator"
+    if b"saline.master.returner_process" in argv:
+        return f"delivery {argv[argv.index(b'saline.master.returner_process') + 2].decode()}"
+    if comm in SERVERS:
+        return "server"
+    return None
+
+
+def cpu_snapshot(master: int, load: int) -> dict[int, tuple[str, float]]:
+    """pid -> (label, CPU seconds so far) of every process of the run (see ``_label``)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            label = _label(int(entry.name), master, load)
+            if label is not None:
+                out[int(entry.name)] = (label, _cpu_seconds(int(entry.name)))
+    return out
+
+
+def cpu_shares(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+               seconds: float) -> dict[str, float]:
+    """Per label, the percent of one core used between two snapshots (a process that started
+    meanwhile counts from zero)."""
+    shares: dict[str, float] = {}
+    for pid, (label, used) in after.items():
+        spent = used - before.get(pid, (label, 0.0))[1]
+        shares[label] = shares.get(label, 0.0) + 100.0 * spent / seconds
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
 # -- clusters ----------------------------------------------------------------------------------------
 QUIET = {"log_level": "warning"}
 
