@@ -216,19 +216,14 @@ class Outbox:
         self._conn = conn
 
     def _take_guard(self) -> Any:
-        import fcntl
-
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
-            handle = open(lock_path, "a")
+            handle = try_lock(lock_path)
         except OSError as exc:
             raise OutboxError(f"outbox {self.path}: cannot open {lock_path}: {exc.strerror or _one_line(exc)}") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
+        if handle is None:
             raise OutboxError(f"outbox {self.path}: cannot open: database is locked "
-                              "(another saline-master is using this cachedir)") from None
+                              "(another saline-master is using this cachedir)")
         return handle
 
     def _drop_guard(self) -> None:
@@ -424,6 +419,20 @@ class Outbox:
                 finally:
                     self._conn = None
             self._drop_guard()
+
+
+def try_lock(path: Path | str) -> Any:
+    """The open lock file ``path`` with an exclusive ``flock`` held (closing it releases the lock),
+    or None when another process holds it. OSError when the file cannot be opened."""
+    import fcntl
+
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 class _Txn:

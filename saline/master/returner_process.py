@@ -27,7 +27,6 @@ restarted master starts a new one while the old one finishes its last batch.
 from __future__ import annotations
 
 import logging
-import os
 import select
 import signal
 import socket
@@ -70,7 +69,7 @@ def logging_setup() -> dict[str, Any]:
     return {"level": root.level, "handlers": handlers}
 
 
-def _apply_logging(setup: dict[str, Any], returner: str) -> None:
+def _apply_logging(setup: dict[str, Any]) -> None:
     root = logging.getLogger()
     root.handlers.clear()
     for spec in setup.get("handlers") or []:
@@ -197,19 +196,15 @@ class RemoteWorker:
 def _one_consumer(outbox_path: str, returner: str) -> Any:
     """Hold the returner's lock file; wait while an older process (of a master restarted
     meanwhile) still finishes its last batch."""
-    import fcntl
+    from saline.master.outbox import try_lock
 
-    handle = open(f"{outbox_path}.{returner}.lock", "a")
     waited = time.monotonic()
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except OSError:
-            if time.monotonic() - waited > 60:
-                log.warning("returner %s: still waiting for the previous delivery process to end", returner)
-                waited = time.monotonic()
-            time.sleep(0.05)
+    while (handle := try_lock(f"{outbox_path}.{returner}.lock")) is None:
+        if time.monotonic() - waited > 60:
+            log.warning("returner %s: still waiting for the previous delivery process to end", returner)
+            waited = time.monotonic()
+        time.sleep(0.05)
+    return handle
 
 
 def serve(delivery: "Delivery", returner: str, sock: socket.socket) -> None:
@@ -255,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     fd, returner = int(args[0]), args[1]
     init = msgpack.unpackb(sys.stdin.buffer.read(), strict_map_key=False)
-    _apply_logging(init.get("logging") or {}, returner)
+    _apply_logging(init.get("logging") or {})
     from saline.master.delivery import Delivery
     from saline.master.outbox import Outbox, OutboxError
 
@@ -277,5 +272,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())
