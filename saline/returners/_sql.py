@@ -71,11 +71,11 @@ def newest_jobs(rows: Iterable[tuple[str, Any]], count: int, filter_find_job: bo
     return jids_filter_listing(kept[:max(int(count), 0)])
 
 
-def prepare_returns(returner: Returner, rets: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any], None]]]:
+def prepare_returns(returner: Returner, rets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Salt's ``req`` rule: a return whose jid is ``req`` (``salt-call``, a schedule) gets a new jid
-    and is itself stored as that job's load. Returns ``(returns, loads to save first)``."""
+    and is itself stored as that job's load, here, before the returns. Returns the returns to store."""
     if not any(r.get("jid") == "req" for r in rets):
-        return rets, []
+        return rets
     out, loads = [], []
     for ret in rets:
         if ret.get("jid") == "req":
@@ -83,7 +83,8 @@ def prepare_returns(returner: Returner, rets: list[dict[str, Any]]) -> tuple[lis
             ret["jid"] = returner.prep_jid(nocache=bool(ret.get("nocache")))
             loads.append((ret["jid"], ret, None))
         out.append(ret)
-    return out, loads
+    returner.save_loads(loads)
+    return out
 
 
 class SqliteDB:

@@ -168,9 +168,7 @@ class CouchdbReturner(Returner):
                                            f"{first.get('error')}: {first.get('reason')}"))
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         now = time.time()
         docs = []
         for ret in rets:

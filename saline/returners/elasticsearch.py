@@ -289,9 +289,7 @@ class ElasticsearchReturner(Returner):
         return index_name(index), doc
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         actions = []
         for ret in rets:
             built = self._document(ret)

@@ -262,9 +262,7 @@ class EtcdReturner(Returner):
 
     # -- write side -------------------------------------------------------------------------------------
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         if not rets:
             return
         writes: dict[str, str] = {}

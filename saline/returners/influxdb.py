@@ -146,9 +146,7 @@ class InfluxdbReturner(Returner):
         self._run(lambda c: c.write_points(points, time_precision="u", batch_size=_BATCH))
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         points = []
         for ret in rets:
             rest = {k: v for k, v in ret.items() if k != "return"}  # the caller's dict stays whole

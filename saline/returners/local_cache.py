@@ -190,9 +190,7 @@ class LocalCacheReturner(Returner):
         return jid
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         jobs: dict[str, Path | None] = {}
         path: Path = self.job_dir
         try:

@@ -201,9 +201,7 @@ class MemcacheReturner(Returner):
 
     # -- write side ------------------------------------------------------------------------------------
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         if not rets:
             return
         by_jid: dict[str, str] = {}

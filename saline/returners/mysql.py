@@ -335,9 +335,7 @@ class MysqlReturner(Returner):
         return rows
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         if not rets:
             return
 

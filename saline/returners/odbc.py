@@ -413,9 +413,7 @@ class OdbcReturner(Returner):
         return found
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         if not rets:
             return
         rows = []

@@ -145,9 +145,7 @@ class PostgresReturner(_pg.Schema, Returner):
                 "true" if ret.get("success") else "false", _pg.stamp_time(ret))
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         if not rets:
             return
         rows = [self._return_row(r) for r in rets]

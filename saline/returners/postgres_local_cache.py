@@ -163,9 +163,7 @@ class PostgresLocalCacheReturner(_pg.Schema, Returner):
         return _pg.dumps(job_ret)
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         if not rets:
             return
         rows = []

@@ -198,9 +198,7 @@ class RedisReturner(Returner):
         return max(self.keep_jobs_seconds, 0)
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         if not rets:
             return
         ttl = self.ttl

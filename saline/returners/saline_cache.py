@@ -87,9 +87,7 @@ class SalineCacheReturner(Returner):
 
     # -- write side -----------------------------------------------------------------------------
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         now = time.time()
         rows = []
         for ret in rets:

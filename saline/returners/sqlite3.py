@@ -91,9 +91,7 @@ class Sqlite3Returner(Returner):
 
     # -- write side -----------------------------------------------------------------------------
     def returns(self, rets: list[dict[str, Any]]) -> None:
-        rets, req_loads = prepare_returns(self, rets)
-        if req_loads:
-            self.save_loads(req_loads)
+        rets = prepare_returns(self, rets)
         date = str(dt.datetime.now())
         rows = []
         for ret in rets:
