@@ -71,6 +71,13 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "returners_on_minion": ((bool,), False),
     "returner_processes": ((bool,), True),
     "nodegroups": ((dict,), {}),
+    # saline-api (Salt's salt-api options) and the master's own /metrics listener
+    "rest_cherrypy": ((dict,), {}),
+    "external_auth": ((dict,), {}),
+    "token_expire": ((int, float), 43200),
+    "netapi_enable_clients": ((list,), []),
+    "metrics_port": ((int,), None),
+    "metrics_host": ((str,), None),
 }
 
 MINION_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {

@@ -80,7 +80,7 @@ class Master:
         self.job_cache = opts.get("master_job_cache") or "saline_cache"
         self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "untargeted": 0, "duplicates": 0,
                       "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0, "store_failures": 0,
-                      "groups": 0, "grouped_messages": 0}
+                      "groups": 0, "grouped_messages": 0, "published": 0, "returns": 0}
         self._store_failing_since: float | None = None  # when the outbox began refusing returns
         self._store_logged = (0.0, 0)                    # (when the last error line was, returns refused since)
         self._subscribers: dict[str, float] = {}  # key -> when it subscribed to the publish socket
@@ -127,6 +127,9 @@ class Master:
 
         self.local = LocalAPI(self)
         await self.local.start()
+        from saline.master.metrics import serve as serve_metrics
+
+        self.metrics = serve_metrics(self)  # the /metrics listener, when metrics_port is set
         self.delivery.start()
         tasks = [asyncio.create_task(self.zap.serve(), name="zap"),
                  asyncio.create_task(self._return_loop(), name="returns"),
@@ -142,6 +145,8 @@ class Master:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.local.stop()
+            if self.metrics is not None:
+                self.metrics.close()
             self.delivery.stop()
             self.pub.close(0)
             self.router.close(0)
@@ -201,6 +206,7 @@ class Master:
                 "job_timeout": request.get("job_timeout"), "ret_config": request.get("ret_config"),
                 "ret_kwargs": request.get("ret_kwargs"), "metadata": request.get("metadata")}
         self._send_publish(encode({k: v for k, v in wire.items() if v not in (None, "")}))
+        self.stats["published"] += 1
         log.info("published %s %s to %s (%d minions expected)", jid, fun, tgt, len(minions))
         return {"jid": jid, "minions": minions}
 
@@ -533,6 +539,7 @@ class Master:
                             "the minions)", time.monotonic() - self._store_failing_since, self.stats["store_failures"])
                 self._store_failing_since = None
             self.state.record_returns(fresh)
+            self.stats["returns"] += len(fresh)
             for tag, data in to_fire:  # only once stored, so no one sees a return that could be lost
                 self.events.fire(tag, data)
         return replies + acks

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from saline.config import ConfigError, returner_names
+from saline.master.metrics import BatchFigures
 from saline.master.outbox import Item, Outbox, OutboxError, Row, kwargs_key
 from saline.master.returner_process import RemoteWorker
 from saline.returners import registry
@@ -211,6 +212,13 @@ class Delivery:
             workers = list(self._workers.values())
         for w in workers:
             w.flushing(delta)
+
+    def batch_figures(self) -> dict[str, dict[str, Any]]:
+        """Per returner with a worker: its :class:`~saline.master.metrics.BatchFigures` as data (a
+        delivery process's as of its last ``figures`` answer: call ``status`` first)."""
+        with self._lock:
+            workers = dict(self._workers)
+        return {name: w.batch_figures() for name, w in workers.items()}
 
     def worker_figures(self, name: str) -> tuple[float, float]:
         """(throughput, paused_until) of the worker of ``name``; zeros when it has none."""
@@ -405,6 +413,7 @@ class _Worker(threading.Thread):
         self.stopping = False
         self.slots: dict[tuple[str, str], _Slot] = {}
         self.recent: collections.deque[tuple[float, int]] = collections.deque()
+        self.batches = BatchFigures()  # sizes, latencies and failures, for the metrics
         self._last_idle_check = time.monotonic()
 
     # -- signals ------------------------------------------------------------------------------------
@@ -430,6 +439,9 @@ class _Worker(threading.Thread):
 
     def figures(self) -> tuple[float, float]:
         return self.throughput(), self.paused_until
+
+    def batch_figures(self) -> dict[str, Any]:
+        return self.batches.as_dict()
 
     def throughput(self) -> float:
         now = time.time()
@@ -510,6 +522,7 @@ class _Worker(threading.Thread):
 
     # -- one batch ----------------------------------------------------------------------------------
     def _deliver_batch(self, rows: list[Row]) -> None:
+        began = time.monotonic()
         groups: dict[tuple[str, str, str], list[Row]] = {}
         for r in rows:
             groups.setdefault((r.kind, r.ret_config or "", kwargs_key(r.ret_kwargs)), []).append(r)
@@ -523,6 +536,7 @@ class _Worker(threading.Thread):
             good, bad = self._send_bisecting(slot.instance, kind, group)
             ok.extend(good)
             failed.extend(_Failure(part, exc, slot.secrets, isinstance(exc, _UNAVAILABLE)) for part, exc in bad)
+        self.batches.observe(len(rows), time.monotonic() - began, sum(len(f.rows) for f in failed))
         if ok:
             self.d.outbox.done(self.returner, [r.seq for r in ok])
             self.recent.append((time.time(), len(ok)))

@@ -116,6 +116,11 @@ class LocalAPI:
         if cmd == "events":
             await self._events(str(request.get("prefix") or ""), reader, writer)
             return False
+        if cmd in ("wheel", "metrics"):  # saline-api's keys, config and /metrics
+            from saline.master.wheel import serve_request
+
+            await self._send(writer, await serve_request(self.master, request))
+            return True
         if cmd == "expected":
             from saline.targeting import TargetError
 

@@ -115,6 +115,7 @@ class RemoteWorker:
         self._request_lock = threading.Lock()
         self._request_id = 0
         self._figures = (0.0, 0.0)
+        self._batches: dict[str, Any] = {}  # the worker's BatchFigures, as of its last figures answer
         log.debug("returner %s: delivering in process %d", returner, self.proc.pid)
 
     # -- what the master says --------------------------------------------------------------------
@@ -171,8 +172,12 @@ class RemoteWorker:
                     break
                 if isinstance(answer, dict) and answer.get("id") == wanted:
                     self._figures = (float(answer["throughput"]), float(answer["paused_until"]))
+                    self._batches = answer.get("batches") or self._batches
                     break
             return self._figures
+
+    def batch_figures(self) -> dict[str, Any]:
+        return self._batches
 
     # -- the process -----------------------------------------------------------------------------
     def is_alive(self) -> bool:
@@ -238,7 +243,8 @@ def serve(delivery: "Delivery", returner: str, sock: socket.socket) -> None:
         elif cmd == "figures":
             throughput, paused = delivery.worker_figures(returner)
             try:
-                sock.send(_pack({"id": message.get("id"), "throughput": throughput, "paused_until": paused}))
+                sock.send(_pack({"id": message.get("id"), "throughput": throughput, "paused_until": paused,
+                                 "batches": delivery.batch_figures().get(returner) or {}}))
             except OSError:
                 break
         elif cmd == "stop":
