@@ -31,7 +31,8 @@ from saline.modules.errors import CommandExecutionError, InvocationError, JobKil
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODULES = ("test", "cmd", "grains", "sys", "status", "saltutil")
+BUILTIN_MODULES = ("test", "cmd", "grains", "sys", "status", "saltutil", "disk", "network", "service", "pkg",
+                   "file", "user")
 
 EX_GENERIC = 1
 

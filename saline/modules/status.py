@@ -155,3 +155,136 @@ def diskusage(*paths: str) -> dict[str, dict[str, int]]:
             continue  # an empty virtual mount the type list did not know
         out[path] = {"available": stats.f_bavail * stats.f_frsize, "total": total}
     return out
+
+
+def _number(text: str) -> int | float | str:
+    """A figure from /proc as a number (Salt's ``_number``): int, else float, else the text."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def cpuinfo() -> dict[str, Any]:
+    """Return /proc/cpuinfo as ``{field: value}`` (``flags`` as a list; the last CPU's values, as Salt).
+
+    CLI Example::
+
+        saline '*' status.cpuinfo
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        raise CommandExecutionError("File /proc/cpuinfo was not found.") from None
+    out: dict[str, Any] = {}
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip()
+        out[key] = value.split() if key == "flags" else value.strip()
+    return out
+
+
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpustats() -> dict[str, Any]:
+    """Return /proc/stat: ``cpu`` as ``{user, nice, system, idle, iowait, irq, softirq, steal}`` (in
+    clock ticks), each ``cpuN`` likewise, ``intr`` and ``softirq`` as ``{total, irqs|softirqs}``,
+    and the plain counters (``ctxt``, ``btime``, ``processes``, ``procs_running``, ``procs_blocked``).
+
+    CLI Example::
+
+        saline '*' status.cpustats
+    """
+    try:
+        with open("/proc/stat", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        raise CommandExecutionError("File /proc/stat was not found.") from None
+    out: dict[str, Any] = {}
+    for line in lines:
+        comps = line.split()
+        if len(comps) < 2:
+            continue
+        name = comps[0]
+        if name.startswith("cpu"):
+            out[name] = {field: _number(value) for field, value in zip(_CPU_FIELDS, comps[1:9])}
+        elif name == "intr":
+            out[name] = {"total": _number(comps[1]), "irqs": [_number(x) for x in comps[2:]]}
+        elif name == "softirq":
+            out[name] = {"total": _number(comps[1]), "softirqs": [_number(x) for x in comps[2:]]}
+        else:
+            out[name] = _number(comps[1])
+    return out
+
+
+def netstats() -> dict[str, dict[str, Any]]:
+    """Return the kernel's network counters of /proc/net/netstat: ``{"TcpExt": {...}, "IpExt": {...}}``.
+
+    CLI Example::
+
+        saline '*' status.netstats
+    """
+    try:
+        with open("/proc/net/netstat", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        raise CommandExecutionError("File /proc/net/netstat was not found.") from None
+    out: dict[str, dict[str, Any]] = {}
+    # each group is a line of names followed by a line of values, both starting with "Group:"
+    for names, values in zip(lines[0::2], lines[1::2]):
+        head, vals = names.split(), values.split()
+        if not head or head[0] != vals[0]:
+            continue
+        out[head[0].rstrip(":")] = {k: _number(v) for k, v in zip(head[1:], vals[1:])}
+    return out
+
+
+def procs() -> dict[str, dict[str, str]]:
+    """Return the processes of the minion: ``{pid: {"user": name, "cmd": command line}}``.
+
+    CLI Example::
+
+        saline '*' status.procs
+    """
+    import psutil
+
+    out: dict[str, dict[str, str]] = {}
+    for proc in psutil.process_iter(["pid", "username", "cmdline", "name"]):
+        info = proc.info
+        cmdline = info.get("cmdline")
+        cmd = " ".join(cmdline) if cmdline else f"[{info.get('name') or '?'}]"  # kernel threads, as ps
+        out[str(info["pid"])] = {"user": info.get("username") or "?", "cmd": cmd}
+    return out
+
+
+def w() -> list[dict[str, str]]:  # pylint: disable=invalid-name
+    """Return who is logged in and what they run (``w``): a list of ``{user, tty, login, idle,
+    jcpu, pcpu, what}``.
+
+    CLI Example::
+
+        saline '*' status.w
+    """
+    import subprocess
+
+    try:
+        proc = subprocess.run(["w", "-fh"], capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise CommandExecutionError("w is not installed on this minion (Debian: procps)") from None
+    except subprocess.TimeoutExpired:
+        raise CommandExecutionError("w did not finish in 30 seconds") from None
+    out = []
+    for row in proc.stdout.splitlines():
+        comps = row.split()
+        if len(comps) < 6:
+            continue
+        out.append({"idle": comps[3], "jcpu": comps[4], "login": comps[2], "pcpu": comps[5], "tty": comps[1],
+                    "user": comps[0], "what": " ".join(comps[6:])})
+    return out
