@@ -575,7 +575,7 @@ def test_sys_module(functions: dict, ctx: ExecContext) -> None:
     assert run(functions, ctx, "sys.list_functions", "sys.list_*")["return"] == [
         "sys.list_functions", "sys.list_modules"]
     assert run(functions, ctx, "sys.list_modules")["return"] == sorted(BUILTIN_MODULES)
-    assert run(functions, ctx, "sys.list_modules", "s*")["return"] == ["saltutil", "status", "sys"]
+    assert run(functions, ctx, "sys.list_modules", "st*", "sy*")["return"] == ["status", "sys"]
     docs = run(functions, ctx, "sys.doc", "test.ping")["return"]
     assert list(docs) == ["test.ping"] and docs["test.ping"].startswith("Just used to make sure the minion is up")
     assert set(run(functions, ctx, "sys.doc", "grains")["return"]) == {
