@@ -228,10 +228,10 @@ def netstat() -> list[dict[str, str]]:
 # -- reachability ----------------------------------------------------------------------------------
 
 def ping(host: Any, timeout: Any = False, return_boolean: bool = False) -> str | bool:
-    """Ping ``host`` four times (``ping -W 2 -c 4``) and return ping's output.
+    """Ping ``host`` four times (``ping -c 4``) and return ping's output.
 
-    ``return_boolean=True`` returns True when the host answered. ``timeout`` (seconds) bounds
-    the whole run (``ping -w``).
+    ``return_boolean=True`` returns True when every ping was answered. ``timeout`` (seconds) is
+    how long to wait for each answer (``ping -W``), as in Salt.
 
     CLI Example::
 
@@ -239,7 +239,7 @@ def ping(host: Any, timeout: Any = False, return_boolean: bool = False) -> str |
         saline '*' network.ping 127.0.0.1 return_boolean=True timeout=3
     """
     target = _check_host(host)
-    argv = ["ping", "-W", "2", "-c", "4"]
+    argv = ["ping", "-c", "4"]
     if timeout not in (False, None, ""):
         try:
             seconds = int(timeout)
@@ -247,7 +247,7 @@ def ping(host: Any, timeout: Any = False, return_boolean: bool = False) -> str |
             raise CommandExecutionError(f"timeout must be a number of seconds, got {timeout!r}") from None
         if seconds <= 0:
             raise CommandExecutionError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        argv += ["-w", str(seconds)]
+        argv += ["-W", str(seconds)]
     argv.append(target)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
