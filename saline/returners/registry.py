@@ -53,6 +53,8 @@ BUILTIN: dict[str, str] = {
     "carbon": "saline.returners.carbon:CarbonReturner",
     "couchdb": "saline.returners.couchdb:CouchdbReturner",
     "elasticsearch": "saline.returners.elasticsearch:ElasticsearchReturner",
+    "mongo": "saline.returners.mongo:MongoReturner",
+    "mongo_return": "saline.returners.mongo_return:MongoReturnReturner",
 }
 
 _custom: dict[str, type[Returner]] = {}
