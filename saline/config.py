@@ -28,6 +28,7 @@ class ConfigError(Exception):
 # name -> (accepted types, default). ``None`` as default means "unset".
 _COMMON: dict[str, tuple[tuple[type, ...], Any]] = {
     "id": ((str,), None),
+    "root_dir": ((str,), "/"),
     "interface": ((str,), "0.0.0.0"),
     "publish_port": ((int,), 4505),
     "ret_port": ((int,), 4506),
@@ -71,11 +72,19 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "returners_on_minion": ((bool,), False),
     "returner_processes": ((bool,), True),
     "nodegroups": ((dict,), {}),
+    # trust on first use: the master's public key served on a port of its own
+    "serve_master_pub": ((bool,), True),
+    "master_pub_port": ((int,), 4507),
+    # what unknown keys may make the master write
+    "max_pending_keys": ((int,), 5000),
+    "pending_hellos_per_second": ((int, float), 100),
     # saline-api (Salt's salt-api options) and the master's own /metrics listener
     "rest_cherrypy": ((dict,), {}),
     "external_auth": ((dict,), {}),
     "token_expire": ((int, float), 43200),
     "netapi_enable_clients": ((list,), []),
+    "api_logfile": ((str,), None),
+    "api_pidfile": ((str,), None),
     "metrics_port": ((int,), None),
     "metrics_host": ((str,), None),
 }
@@ -85,6 +94,8 @@ MINION_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "master": ((str,), "salt"),
     "master_port": ((int,), 4506),
     "master_pub": ((str,), None),
+    "master_pub_port": ((int,), 4507),
+    "master_finger": ((str,), None),
     "grains": ((dict,), {}),
     "acceptance_wait_time": ((int, float), 10),
     "ping_interval": ((int, float), 10),
@@ -165,23 +176,39 @@ def validate(role: str, opts: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: option '{key}' must be {names}, got {type(value).__name__} {value!r}")
 
 
-def _defaults(role: str, root: Path | None) -> dict[str, Any]:
-    opts = {k: (list(v[1]) if isinstance(v[1], list) else dict(v[1]) if isinstance(v[1], dict) else v[1])
+def _defaults(role: str) -> dict[str, Any]:
+    return {k: (list(v[1]) if isinstance(v[1], list) else dict(v[1]) if isinstance(v[1], dict) else v[1])
             for k, v in schema(role).items()}
-    dirs = dict(_ROLE_DEFAULT_DIRS[role])
-    if root is not None:
-        # A private root (tests, the demo) keeps everything under one folder.
-        for key in dirs:
-            dirs[key] = str(root / Path(dirs[key]).relative_to("/"))
-    opts.update(dirs)
-    return opts
+
+
+def under_root(root: str | Path, path: str) -> str:
+    """``path`` inside ``root`` (Salt's ``root_dir``): ``/var/cache/x`` under ``/srv/r`` is
+    ``/srv/r/var/cache/x``; a relative path is taken from the root too."""
+    root = Path(root)
+    if str(root) in ("", "/"):
+        return str(Path("/") / path)
+    return str(root / Path(path).relative_to("/")) if Path(path).is_absolute() else str(root / path)
+
+
+def _apply_root(role: str, opts: dict[str, Any]) -> None:
+    """Salt's ``root_dir``: the default paths (pki, cache, sockets, pid and log files) live under
+    it, and so does a path given relative; an absolute path given by the user stays as it is."""
+    root = opts.get("root_dir") or "/"
+    for key, default in _ROLE_DEFAULT_DIRS[role].items():
+        value = opts.get(key)
+        if value is None or value == default:
+            opts[key] = under_root(root, default)
+        elif isinstance(value, str) and not Path(value).is_absolute():
+            opts[key] = under_root(root, value)
 
 
 def load_config(role: str, cfg_dir: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read ``<cfg_dir>/<role>`` and ``<cfg_dir>/<role>.d/*.conf`` over the defaults."""
     folder = Path(cfg_dir) if cfg_dir else config_dir()
-    root_dir = os.environ.get("SALINE_ROOT_DIR")
-    opts = _defaults(role, Path(root_dir) if root_dir else None)
+    opts = _defaults(role)
+    opts.update(_ROLE_DEFAULT_DIRS[role])
+    if os.environ.get("SALINE_ROOT_DIR"):  # a private root (tests, the demo) without a config key
+        opts["root_dir"] = os.environ["SALINE_ROOT_DIR"]
     files = [folder / role] + sorted((folder / f"{role}.d").glob("*.conf"))
     for path in files:
         if not path.exists():
@@ -193,6 +220,7 @@ def load_config(role: str, cfg_dir: str | Path | None = None, overrides: dict[st
         validate(role, overrides, "command line")
         opts.update({k: v for k, v in overrides.items() if v is not None})
     opts["config_dir"] = str(folder)
+    _apply_root(role, opts)
     _finish(role, opts)
     return opts
 

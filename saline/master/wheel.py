@@ -12,6 +12,7 @@ check. The local socket's ``wheel`` request lands in :func:`serve_request`; so d
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import inspect
 import re
@@ -28,6 +29,16 @@ CONNECTED_WINDOW = 30.0
 #: option names whose values ``config.values`` masks (passwords, tokens, keys of returners and eauth)
 _SECRET_NAME = re.compile(r"(pass|secret|api_?key|private|token(?!_expire))", re.IGNORECASE)
 MASK = "******"
+
+
+#: background tasks (runner_async, wheel_async) kept referenced until they end
+_BACKGROUND: set[asyncio.Task] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 class WheelError(Exception):
@@ -63,8 +74,6 @@ def call(master: Any, fun: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
 async def serve_request(master: Any, request: dict[str, Any]) -> dict[str, Any]:
     """The local socket's ``wheel`` and ``metrics`` requests, answered as ``result`` or ``error``."""
     if request.get("cmd") == "metrics":
-        import asyncio
-
         from saline.master.metrics import MetricsUnavailable, render
 
         try:
@@ -76,6 +85,14 @@ async def serve_request(master: Any, request: dict[str, Any]) -> dict[str, Any]:
     fun = str(request.get("fun") or "")
     jid = gen_jid(bool(master.opts.get("unique_jid")))
     user = str(request.get("user") or "root")
+    client = request.get("client") or "wheel"
+    if client == "runner_async":
+        return _runner_async(master, fun, request, jid, user)
+    if client == "wheel_async":
+        if fun not in _FUNCTIONS:
+            return {"cmd": "error", "message": f"'{fun}' is not available (wheel functions: {', '.join(names())})"}
+        _spawn(serve_request(master, {**request, "client": "wheel"}))
+        return {"cmd": "result", "data": {"tag": f"salt/wheel/{jid}", "jid": jid}}
     try:
         ret = call(master, fun, list(request.get("arg") or []), dict(request.get("kwarg") or {}))
         success = True
@@ -87,6 +104,29 @@ async def serve_request(master: Any, request: dict[str, Any]) -> dict[str, Any]:
             "_stamp": _now()}
     master.events.fire(f"salt/wheel/{jid}/ret", data)
     return {"cmd": "result", "data": data}
+
+
+def _runner_async(master: Any, fun: str, request: dict[str, Any], jid: str, user: str) -> dict[str, Any]:
+    """Start a runner in the background; its return comes as the event ``salt/run/<jid>/ret``."""
+    from saline.master.runners import RunnerError, call as run, names as runner_names
+
+    if fun not in runner_names():
+        return {"cmd": "error", "message": f"'{fun}' is not available (runners: {', '.join(runner_names())})"}
+    tag = f"salt/run/{jid}"
+    master.events.fire(f"{tag}/new", {"fun": f"runner.{fun}", "jid": jid, "user": user})
+
+    async def background() -> None:
+        try:
+            ret, success = await run(master, fun, list(request.get("arg") or []), dict(request.get("kwarg") or {})), True
+        except RunnerError as exc:
+            ret, success = str(exc), False
+        except Exception as exc:  # reported in the event, as Salt does, rather than lost in a task
+            ret, success = f"{fun} failed: {type(exc).__name__}: {exc}", False
+        master.events.fire(f"{tag}/ret", {"fun": f"runner.{fun}", "jid": jid, "user": user, "success": success,
+                                          "return": ret})
+
+    _spawn(background())
+    return {"cmd": "result", "data": {"tag": tag, "jid": jid}}
 
 
 def _now() -> str:
