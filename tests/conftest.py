@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -76,6 +79,65 @@ def redis_db() -> Iterator[dict]:
         yield {**REDIS, "db": 13}
     finally:
         client.flushdb()
+        client.close()
+
+
+def start_secantus(folder: Path, port: int, *extra: str) -> subprocess.Popen:
+    """SecantusDB (MongoDB wire protocol; ``pip install secantusdb``, scripts/services.d/secantus.sh)
+    on 127.0.0.1:``port``, its data in ``folder``; returns once it listens, fails the test if it does not."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = open(folder / "secantus.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
+                             "--storage-path", str(folder / "data"), "--standalone", "--log-level", "WARNING", *extra],
+                            stdout=log, stderr=log)
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    stop_secantus(proc)
+    tail = (folder / "secantus.log").read_text(errors="replace")[-500:]
+    pytest.fail(f"SecantusDB did not start on port {port} (run scripts/services.sh): {tail}", pytrace=False)
+
+
+def stop_secantus(proc: subprocess.Popen) -> None:
+    """Stop it and wait until it has let go of its data folder (WiredTiger's lock)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A SecantusDB server of this test session, on a free port, its data in a temporary folder."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = start_secantus(tmp_path_factory.mktemp("secantus"), port)
+    try:
+        yield {"host": "127.0.0.1", "port": port}
+    finally:
+        stop_secantus(proc)
+
+
+@pytest.fixture
+def mongo_db(mongo_server: dict) -> Iterator[dict]:
+    """A database name of its own on the session's SecantusDB; dropped afterwards."""
+    import pymongo
+
+    name = unique_name("saline_t")
+    yield {**mongo_server, "db": name}
+    client = pymongo.MongoClient(mongo_server["host"], mongo_server["port"], serverSelectionTimeoutMS=5000)
+    try:
+        client.drop_database(name)
+    finally:
         client.close()
 
 
