@@ -72,6 +72,9 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "returners_on_minion": ((bool,), False),
     "returner_processes": ((bool,), True),
     "nodegroups": ((dict,), {}),
+    # Salt's scheduler (runners on the master)
+    "schedule": ((dict,), {}),
+    "schedule_returner": ((str, list), None),
     # trust on first use: the master's public key served on a port of its own
     "serve_master_pub": ((bool,), True),
     "master_pub_port": ((int,), 4507),
@@ -102,6 +105,12 @@ MINION_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "spool_resend_seconds": ((int, float), 5),
     "job_timeout": ((int, float), 0),
     "pub_ret": ((bool,), True),
+    # Salt's scheduler and beacons; returners_on_minion: scheduled returns go to their returners
+    # through this minion's own outbox instead of through the master
+    "schedule": ((dict,), {}),
+    "schedule_returner": ((str, list), None),
+    "returners_on_minion": ((bool,), False),
+    "beacons": ((dict,), {}),
 }
 
 _ROLE_DEFAULT_DIRS = {

@@ -22,6 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from saline.config import returner_names
 from saline.minion.executor import Executor
+from saline.minion.scheduler import local_loops
 from saline.minion.spool import Spool
 from saline.targeting import TargetError, compile_target
 from saline.transport.framing import FrameError, decode, encode
@@ -107,6 +108,7 @@ class Minion:
         self._open_sub()
         loops = [self._dealer_loop(), self._monitor_loop(), self._hello_loop(), self._resend_loop(), self._ping_loop()]
         tasks = [asyncio.create_task(c) for c in loops]
+        tasks += [asyncio.create_task(c) for c in local_loops(self)]  # schedule: and beacons:
         self._sub_task = asyncio.create_task(self._sub_loop())
         try:
             await self._stop.wait()
