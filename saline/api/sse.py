@@ -5,9 +5,9 @@ and a blank line, as rest_cherrypy writes them. The events come from the master'
 into a buffer bounded in events and bytes (``events_buffer_events``, ``events_buffer_bytes``): a
 client that reads slower than events come fills it, and is then cut off: its subscription to the
 master is closed at once, the buffer dropped, and the stream ends with one last event
-``saline/api/events/closed`` whose data says why (it is written if the client still reads within
-a second; the connection is closed either way). So a slow or stuck client costs at most its
-buffer plus the socket's send buffer, never a growing share of the server's memory. The stream
+``saline/api/events/closed`` whose data says why, and the connection is closed (a client that
+reads nothing at all is dropped 30 s later). So a slow or stuck client costs at most its buffer
+plus the socket's write buffer, never a growing share of the server's memory. The stream
 also ends, with the same last event, when its session expires or is logged out.
 """
 
@@ -31,6 +31,8 @@ CLOSED_TAG = "saline/api/events/closed"
 SESSION_CHECK_SECONDS = 2.0
 #: how long the last event may take to go out before the connection is closed anyway
 LAST_WRITE_SECONDS = 1.0
+#: a closed stream whose client still has not taken the last bytes is dropped after this long
+ABORT_AFTER_SECONDS = 30.0
 
 
 def _default(value: Any) -> Any:
@@ -119,10 +121,10 @@ async def serve(request: web.Request, link: MasterLink, alive: Callable[[], bool
         await asyncio.wait_for(resp.write_eof(), LAST_WRITE_SECONDS)
     except (asyncio.TimeoutError, ConnectionError, RuntimeError):
         pass
-    if request.transport is not None:
-        # a cut client may not read at all: abort drops what its socket still holds, close would keep it
-        if buf.cut:
-            request.transport.abort()
-        else:
-            request.transport.close()
+    transport = request.transport
+    if transport is not None:
+        # close() lets what is buffered (at most the write limit plus the last event) go out to a
+        # client still reading; one that never reads is dropped after ABORT_AFTER_SECONDS
+        transport.close()
+        asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, transport.abort)
     return resp
