@@ -31,6 +31,7 @@ from saline.events import EventBus, job_new_tag, job_ret_tag, stamp
 from saline.jid import gen_jid, is_jid
 from saline.master.delivery import Delivery
 from saline.master.outbox import Item, Outbox, OutboxError
+from saline.master.scheduled import minion_event, run_schedule, store_scheduled
 from saline.master.state import MasterState
 from saline.targeting import TargetError, expected_minions
 from saline.transport.framing import FrameError, decode, encode
@@ -136,6 +137,7 @@ class Master:
                  asyncio.create_task(self._subscription_loop(), name="subscriptions"),
                  asyncio.create_task(self._startup_hold(), name="startup-hold"),
                  asyncio.create_task(self._maintenance(), name="maintenance")]
+        tasks.append(asyncio.create_task(run_schedule(self), name="schedule"))  # the master's schedule:
         log.info("master %s listening on %s (publish %s, return %s)", self.opts["id"], iface,
                  self.opts["publish_port"], self.opts["ret_port"])
         try:
@@ -442,6 +444,8 @@ class Master:
                 return {"cmd": "refused", "jid": load["jid"], "reason": "id does not match the key"}
             accepted.append((routing, {**load, "id": mid}))
             return None
+        if cmd == "_minion_event":  # beacon events (saline/master/scheduled.py)
+            return minion_event(self, mid, message)
         self.stats["bad_frames"] += 1
         return {"cmd": "refused", "reason": f"unknown command {cmd[:40]!r}"}
 
@@ -502,6 +506,11 @@ class Master:
         received = stamp()  # one group is handled within milliseconds: one stamp for all
         for routing, load in accepted:
             jid, mid = load["jid"], load["id"]
+            if "schedule_route" in load:  # a minion's own scheduled job (saline/master/scheduled.py)
+                reply = store_scheduled(self, load, received)
+                if reply is not None:
+                    replies.append((routing, reply))
+                continue
             job = self.state.job(jid)
             if job is None or mid not in job[0]:
                 self.stats["untargeted"] += 1
