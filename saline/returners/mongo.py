@@ -451,7 +451,7 @@ class MongoReturner(MongoBase):
 
     # -- read side -------------------------------------------------------------------------------------
     def get_load(self, jid: str) -> dict[str, Any]:
-        doc = self._run(lambda db: db[JOBS].find_one({"jid": jid}, {"_id": 0}))
+        doc = self._run(lambda db: db[JOBS].find_one({"jid": jid}, {"_id": 0}, sort=[("_id", pymongo.ASCENDING)]))
         return unescaped(doc) if isinstance(doc, dict) else {}
 
     def get_jid(self, jid: str) -> dict[str, Any]:
@@ -470,7 +470,8 @@ class MongoReturner(MongoBase):
         """``(jid, load)`` of the jobs, newest first, one per jid (Salt's data may repeat a jid)."""
         def read(db: Any) -> list[tuple[str, dict[str, Any]]]:
             rows: dict[str, dict[str, Any]] = {}
-            for doc in db[JOBS].find(query, LISTING).sort("jid", pymongo.DESCENDING):
+            # the oldest document of a jid first: its publish load, not a return's payload after it
+            for doc in db[JOBS].find(query, LISTING).sort([("jid", pymongo.DESCENDING), ("_id", pymongo.ASCENDING)]):
                 jid = doc.get("jid")
                 if isinstance(jid, str) and jid not in rows:
                     rows[jid] = unescaped(doc)
