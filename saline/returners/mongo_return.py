@@ -7,6 +7,7 @@ job loads, no events and no read side.
 
 from __future__ import annotations
 
+from saline.returners.base import Option
 from saline.returners.mongo import MongoBase
 
 
@@ -42,3 +43,7 @@ class MongoReturnReturner(MongoBase):
     name = "mongo_return"
     prefix = "mongo"
     summary = "MongoDB: Salt's saltReturns documents (the older mongo_return; options mongo.*), insert_many batches"
+    # the same options as ``mongo``; its indexes are on saltReturns only (it writes nothing else)
+    options = tuple(Option("indexes", bool, False, doc="also create Salt's indexes on saltReturns: minion, jid "
+                                                        "(and fun)") if o.name == "indexes" else o
+                    for o in MongoBase.options)
