@@ -374,8 +374,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def metrics(request: web.Request) -> web.StreamResponse:
     api: Api = request.app[LINK]
     text = await api.link.metrics() + api.own_metrics.text()
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 def build(opts: ApiOptions, pam_service: str = "login") -> web.Application:

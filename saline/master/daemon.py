@@ -124,13 +124,14 @@ class Master:
         self._hold()  # released by _startup_hold once the minions are back
         self.router = server_socket(self.ctx, zmq.ROUTER, self.secret_key, RET_DOMAIN,
                                     tcp_endpoint(iface, self.opts["ret_port"]), self.max_size)
+        from saline.master.metrics import serve as serve_metrics
+
+        self.metrics = serve_metrics(self)  # the /metrics listener, when metrics_port is set (before the
+        # local socket: a master that cannot listen there stops before it looks started)
         from saline.master.localapi import LocalAPI
 
         self.local = LocalAPI(self)
         await self.local.start()
-        from saline.master.metrics import serve as serve_metrics
-
-        self.metrics = serve_metrics(self)  # the /metrics listener, when metrics_port is set
         self.delivery.start()
         tasks = [asyncio.create_task(self.zap.serve(), name="zap"),
                  asyncio.create_task(self._return_loop(), name="returns"),
