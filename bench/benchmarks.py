@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from common import (Cluster, cluster, cpu_shares, cpu_snapshot, figure, median, mysql_count, mysql_database, mysql_opts, percentile,
-                    pg_count, pg_database, pg_opts, redis_count, redis_database, redis_opts, sqlite_count,
-                    tree_memory)
+from common import (Cluster, _init_schema, cluster, cpu_shares, cpu_snapshot, figure, median, mongo_count_before,
+                    mongo_opts, mysql_count, mysql_database, mysql_opts, percentile, pg_count, pg_database, pg_opts,
+                    redis_count, redis_database, redis_opts, secantus_server, sqlite_count, tree_memory)
 
 BENCH = Path(__file__).resolve().parent
 #: seconds of sustained load per run in full mode (``bench/run.py --seconds``)
@@ -345,6 +345,75 @@ def bench_returns(smoke: bool, folder: Path, backends: tuple[str, ...] = ("mysql
     return rows
 
 
+def floor_mongo(db: dict[str, Any], n: int) -> float:
+    """pymongo's own ``insert_many`` of Salt's ``saltReturns`` documents, batches of 1,000, into a
+    collection with the same unique (jid, minion) index."""
+    import pymongo
+
+    client = pymongo.MongoClient(db["host"], db["port"])
+    collection = client[db["db"]]["floor"]
+    collection.create_index([("jid", 1), ("minion", 1)], unique=True)
+    docs = [{"minion": r["id"], "jid": r["jid"], "return": r["return"], "fun": r["fun"], "full_ret": r}
+            for r in _floor_rows(n)]
+    begin = time.perf_counter()
+    for i in range(0, n, 1000):
+        collection.insert_many(docs[i:i + 1000], ordered=False)
+    took = time.perf_counter() - begin
+    client.close()
+    return n / took
+
+
+def mongo_sustained_rate(c: Cluster, db: dict[str, Any], seconds: int, warmup: float, minions: int,
+                         prefix: str) -> tuple[float, float]:
+    """``sustained_rate`` for mongo: the window runs from one whole second to another, and the
+    documents delivered in it are counted by their ObjectId's second after the load has stopped
+    (counting while it runs scans the collection on the same two cores)."""
+    load = Load(c, minions, seconds + warmup + 2, prefix)
+    if not load.ready.wait(180):
+        load.proc.kill()
+        raise RuntimeError("the load generator's minions were not welcomed")
+    time.sleep(warmup)
+    t0 = float(int(time.time()) + 1)
+    time.sleep(max(0.0, t0 - time.time()))
+    a0 = load.lines[-1].get("acked", 0)
+    cpu0 = cpu_snapshot(c.master_pid(), load.proc.pid)
+    t1 = t0 + seconds
+    time.sleep(max(0.0, t1 - time.time()))
+    cpu1 = cpu_snapshot(c.master_pid(), load.proc.pid)
+    a1 = load.lines[-1].get("acked", 0)
+    load.wait(120)
+    time.sleep(2.0)  # what was sent before t1 has landed
+    LAST_CPU.clear()
+    LAST_CPU.update(cpu_shares(cpu0, cpu1, seconds))
+    delivered = mongo_count_before(db, t1) - mongo_count_before(db, t0)
+    return delivered / seconds, (a1 - a0) / seconds
+
+
+def bench_returns_mongo(smoke: bool, folder: Path) -> Rows:
+    """Returns to ``mongo`` through the master and the outbox, on a SecantusDB of its own (a
+    MongoDB wire-protocol server in Python, sharing the two cores), beside pymongo's own floor."""
+    from importlib.metadata import version
+
+    seconds, warmup, minions = (3, 1.0, 100) if smoke else (int(SUSTAIN["seconds"]), 5.0, 1000)
+    runs = 1 if smoke else 3
+    rates, acked, cpu = [], [], []
+    with secantus_server(folder / "secantus") as db:
+        _init_schema("mongo", mongo_opts(db))  # its indexes, as returners.init would make them
+        with cluster(folder / "ret-mongo", {"return": "mongo", **mongo_opts(db)}) as c:
+            for k in range(runs):
+                rate, ack = mongo_sustained_rate(c, db, seconds, warmup, minions, prefix=f"load{k}-")
+                rates.append(rate)
+                acked.append(ack)
+                cpu.append(dict(LAST_CPU))
+        floor = floor_mongo(db, 5000 if smoke else 100_000)
+    value = median(rates)
+    return [figure("returns delivered per second to mongo (through master and outbox)", value, "/s",
+                   floor=floor, floor_what="pymongo insert_many on the same SecantusDB, batches of 1,000",
+                   runs=rates, note=f"{value / floor:.0%} of the floor; acked by the master {median(acked):,.0f}/s; "
+                                    f"{minions} load minions, {seconds} s per run; SecantusDB "
+                                    f"{version('secantusdb')}, pymongo {version('pymongo')}; {cpu_note(cpu)}")]
+
+
 def bench_returns_jobcache(smoke: bool, folder: Path) -> Rows:
     """The same as the mysql figure, with mysql as ``master_job_cache`` too: one delivery per return
     instead of two (mysql and the default SQLite job cache)."""
@@ -444,6 +513,7 @@ ALL: dict[str, Callable[[bool, Path], Rows]] = {
     "fanout": bench_fanout,
     "returns": bench_returns,
     "returns_jobcache": bench_returns_jobcache,
+    "returns_mongo": bench_returns_mongo,
     "events": bench_events,
     "latency": bench_latency,
 }

@@ -7,6 +7,7 @@ machine (MariaDB, PostgreSQL, Redis: see ``tests/conftest.py`` for the same fixt
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
@@ -217,7 +218,7 @@ def _label(pid: int, master: int, load: int) -> str | None:
         return "load generator"
     if b"saline.master.returner_process" in argv:
         return f"delivery {argv[argv.index(b'saline.master.returner_process') + 2].decode()}"
-    if comm in SERVERS:
+    if comm in SERVERS or b"secantus" in argv[:4]:  # SecantusDB runs as python3 -m secantus
         return "server"
     return None
 
@@ -445,6 +446,55 @@ def sqlite_count(path: Path, table: str) -> int:
         return 0
     finally:
         conn.close()
+
+
+@contextmanager
+def secantus_server(folder: Path) -> Iterator[dict[str, Any]]:
+    """A SecantusDB server (MongoDB wire protocol, ``pip install secantusdb``) of the benchmark's
+    own, on a free port, its data in ``folder``; ``{"host", "port", "db"}``."""
+    import socket
+
+    import pymongo
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "secantus.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
+                                 "--storage-path", str(folder / "data"), "--standalone", "--log-level", "WARNING"],
+                                stdout=log, stderr=log)
+    try:
+        client = pymongo.MongoClient("127.0.0.1", port, serverSelectionTimeoutMS=60_000)
+        client.admin.command("ping")
+        client.close()
+        yield {"host": "127.0.0.1", "port": port, "db": unique("saline_bench")}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def mongo_opts(db: dict[str, Any]) -> dict[str, Any]:
+    return {"mongo.host": db["host"], "mongo.port": db["port"], "mongo.db": db["db"]}
+
+
+def mongo_count_before(db: dict[str, Any], when: float, collection: str = "saltReturns") -> int:
+    """Documents inserted before the wall-clock second ``when`` (whole seconds): the returners
+    give each document its ``_id`` (an ObjectId, which starts with its second) as they send it,
+    so this counts what was delivered by then, read after the run, not while it runs."""
+    import bson
+    import pymongo
+
+    client = pymongo.MongoClient(db["host"], db["port"], serverSelectionTimeoutMS=10_000)
+    try:
+        since = bson.ObjectId.from_datetime(datetime.datetime.fromtimestamp(when, datetime.timezone.utc))
+        return int(client[db["db"]][collection].count_documents({"_id": {"$lt": since}}))
+    finally:
+        client.close()
 
 
 def _init_schema(name: str, opts: dict[str, Any]) -> None:

@@ -143,7 +143,7 @@ def docs() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="small N, a few seconds per benchmark")
-    parser.add_argument("--only", default="", help="comma-separated: cli, fanout, returns, returns_jobcache, events, latency")
+    parser.add_argument("--only", default="", help="comma-separated: cli, fanout, returns, returns_jobcache, returns_mongo, events, latency")
     parser.add_argument("--out", default=None)
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of sustained load per run (full mode)")
     parser.add_argument("--docs", action="store_true", help="write docs/performance.md from the latest results")
