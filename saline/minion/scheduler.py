@@ -620,5 +620,8 @@ class MinionScheduler:
 
 
 def local_loops(minion: MinionLike) -> list[Awaitable[None]]:
-    """What the minion runs on its own besides jobs from the master: its ``schedule:``."""
-    return [MinionScheduler(minion).run()]
+    """What the minion runs on its own besides jobs from the master: its ``schedule:`` and its
+    ``beacons:`` (saline.minion.beacons)."""
+    from saline.minion.beacons import MinionBeacons
+
+    return [MinionScheduler(minion).run(), MinionBeacons(minion).run()]

@@ -32,7 +32,7 @@ from saline.modules.errors import CommandExecutionError, InvocationError, JobKil
 log = logging.getLogger(__name__)
 
 BUILTIN_MODULES = ("test", "cmd", "grains", "sys", "status", "saltutil", "disk", "network", "service", "pkg",
-                   "file", "user", "schedule")
+                   "file", "user", "schedule", "beacons")
 
 EX_GENERIC = 1
 
