@@ -327,3 +327,59 @@ def test_bad_config_is_one_line(api: Api, tmp_path: Path) -> None:
                               text=True, timeout=30)
         assert done.returncode != 0 and words in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    crt, pem = folder / "api.crt", folder / "api.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return crt, pem
+
+
+def test_tls_with_ssl_crt_and_ssl_key(api: Api, tmp_path: Path) -> None:
+    crt, pem = _self_signed(tmp_path)
+    opts = yaml.safe_load((api.cluster.master_dir / "master").read_text())
+    port = free_port()
+    opts["rest_cherrypy"] = {"port": port, "host": "127.0.0.1", "ssl_crt": str(crt), "ssl_key": str(pem)}
+    opts["cachedir"] = str(tmp_path / "cache")
+    (tmp_path / "master").write_text(yaml.safe_dump(opts))
+    proc = subprocess.Popen([sys.executable, "-m", "saline.cli.api", "-c", str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "stderr", "ab"))
+    try:
+        url = f"https://localhost:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(url + "/", verify=str(crt), timeout=1)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None, (tmp_path / "stderr").read_text()
+                time.sleep(0.1)
+        login = requests.post(url + "/login", json={"username": "alice", "password": FILE_USERS["alice"],
+                                                   "eauth": "file"}, verify=str(crt), timeout=10)
+        assert login.status_code == 200 and "Secure" in login.headers["Set-Cookie"]
+        token = login.json()["return"][0]["token"]
+        r = requests.post(url + "/", json={"client": "local", "tgt": "web1", "fun": "test.ping"},
+                          headers={"X-Auth-Token": token}, verify=str(crt), timeout=30)
+        assert r.json() == {"return": [{"web1": True}]}
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://localhost:{port}/", timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(10)
