@@ -144,7 +144,7 @@ esac
 
 
 @pytest.fixture
-def test_service(tmp_path: Path) -> Iterator[tuple[str, int]]:
+def initd_service(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """A real SysV service: an init script in /etc/init.d that runs a Python HTTP server.
 
     This machine's PID 1 is not systemd (systemctl cannot reach a systemd), so the service module
@@ -181,8 +181,8 @@ def _answers(port: int) -> bool:
     return False
 
 
-def test_service_lifecycle(functions: dict, ctx: ExecContext, test_service: tuple[str, int]) -> None:
-    name, port = test_service
+def test_service_lifecycle(functions: dict, ctx: ExecContext, initd_service: tuple[str, int]) -> None:
+    name, port = initd_service
     assert name in ok(functions, ctx, "service.get_all")
     assert ok(functions, ctx, "service.available", name) is True
     assert ok(functions, ctx, "service.status", name) is False
