@@ -21,7 +21,9 @@ class LocalClient:
 
     def publish(self, tgt: Any, fun: str, arg: list[Any] | None = None, *, tgt_type: str = "glob",
                 ret: str = "", timeout: float | None = None, **extra: Any) -> dict[str, Any]:
-        """Publish without waiting: ``{"jid", "minions"}``."""
+        """Publish without waiting: ``{"jid", "minions", "missing", "not_connected"}`` (``missing``:
+        ids the target names that are not accepted minions; ``not_connected``: expected minions
+        with no connection to the master, which the job cannot reach)."""
         with Client(self.sock_dir, timeout=30) as conn:
             reply = conn.request(self._request(tgt, fun, arg, tgt_type, ret, timeout, extra, wait=False))
         return self._published(reply)
@@ -88,7 +90,8 @@ class LocalClient:
             raise JobError(reply.get("message", "publish failed"))
         if reply.get("cmd") != "published":
             raise JobError(f"unexpected answer from the master: {reply.get('cmd')}")
-        return {"jid": reply["jid"], "minions": list(reply.get("minions") or [])}
+        return {"jid": reply["jid"], "minions": list(reply.get("minions") or []),
+                "missing": list(reply.get("missing") or []), "not_connected": list(reply.get("not_connected") or [])}
 
 
 __all__ = ["LocalClient", "JobError", "MasterUnreachable"]

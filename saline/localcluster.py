@@ -30,7 +30,7 @@ class LocalCluster:
                  minion_opts: dict[str, Any] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.publish_port, self.ret_port = free_port(), free_port()
+        self.publish_port, self.ret_port, self.master_pub_port = free_port(), free_port(), free_port()
         self.master_dir = self.root / "master"
         self.master_extra = master_opts or {}
         self.minion_extra = minion_opts or {}
@@ -42,7 +42,7 @@ class LocalCluster:
         d = self.master_dir
         d.mkdir(parents=True, exist_ok=True)
         opts = {"id": "master", "interface": "127.0.0.1", "publish_port": self.publish_port,
-                "ret_port": self.ret_port, "pki_dir": str(d / "pki"), "cachedir": str(d / "cache"),
+                "ret_port": self.ret_port, "master_pub_port": self.master_pub_port, "pki_dir": str(d / "pki"), "cachedir": str(d / "cache"),
                 "sock_dir": str(d / "sock"), "pidfile": str(d / "master.pid"), "log_file": str(d / "master.log"),
                 "log_level": "info", "timeout": 5, "gather_job_timeout": 2, **self.master_extra}
         (d / "master").write_text(yaml.safe_dump(opts))
@@ -54,6 +54,7 @@ class LocalCluster:
         d = self.minion_dir(mid)
         d.mkdir(parents=True, exist_ok=True)
         opts = {"id": mid, "master": "127.0.0.1", "master_port": self.ret_port, "publish_port": self.publish_port,
+                "master_pub_port": self.master_pub_port,
                 "pki_dir": str(d / "pki"), "cachedir": str(d / "cache"), "sock_dir": str(d / "sock"),
                 "pidfile": str(d / "minion.pid"), "log_file": str(d / "minion.log"), "log_level": "info",
                 "acceptance_wait_time": 0.5, "spool_resend_seconds": 1, "ping_interval": 2,
@@ -79,13 +80,16 @@ class LocalCluster:
             raise RuntimeError(f"the master exited: {(self.master_dir / 'stderr.log').read_text()[-2000:]}")
         return proc
 
-    def start_minion(self, mid: str, **extra: Any) -> subprocess.Popen:
+    def start_minion(self, mid: str, copy_master_key: bool = True, **extra: Any) -> subprocess.Popen:
+        """Start minion ``mid``; with ``copy_master_key`` it is given the master's public key (the
+        strict set-up), else it takes it on first contact."""
         d = self.minion_dir(mid)
         if not (d / "minion").exists() or extra:
             self.write_minion_config(mid, **extra)
         (d / "pki").mkdir(parents=True, exist_ok=True)
-        master_pub = (self.master_dir / "pki" / "master.pub").read_text()
-        (d / "pki" / "minion_master.pub").write_text(master_pub)
+        if copy_master_key:
+            master_pub = (self.master_dir / "pki" / "master.pub").read_text()
+            (d / "pki" / "minion_master.pub").write_text(master_pub)
         proc = subprocess.Popen([sys.executable, "-m", "saline.cli.minion", "-c", str(d)], env=self._env(),
                                 stdout=subprocess.DEVNULL, stderr=open(d / "stderr.log", "ab"))
         self.procs[mid] = proc

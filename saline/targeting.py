@@ -707,3 +707,25 @@ def expected_minions(tgt: str | list, tgt_type: str, minions: Mapping[str, dict 
         if result is True or (greedy and result is None):
             chosen.append(minion_id)
     return sorted(chosen)
+
+
+def named_ids(tgt: str | list, tgt_type: str) -> list[str]:
+    """The minion ids a target names outright, which Salt reports as "missing" when no such minion
+    is accepted: every id of a list target, and in a compound target the ids of ``L@`` words and
+    the words that are plain ids (a glob without wildcards), except right after ``not``."""
+    if tgt_type == "list":
+        items = tgt if isinstance(tgt, (list, tuple)) else _LIST_SPLIT.split(str(tgt))
+        return list(dict.fromkeys(str(i).strip() for i in items if str(i).strip()))
+    if tgt_type != "compound":
+        return []
+    found: list[str] = []
+    previous = ""
+    for token in _tokenize(tgt):
+        if token.kind == "word" and previous != "not":
+            word = token.text
+            if word.startswith("L@"):
+                found += [i for i in _LIST_SPLIT.split(word[2:]) if i]
+            elif _PLAIN_ID.fullmatch(word) and not _PREFIX.match(word):
+                found.append(word)
+        previous = token.kind
+    return list(dict.fromkeys(found))

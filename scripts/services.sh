@@ -12,6 +12,7 @@ ls /usr/lib/*/odbc/libmaodbc.so >/dev/null 2>&1 || ls /usr/lib/*/libmaodbc.so >/
 command -v odbcinst >/dev/null 2>&1 || need_apt+=(unixodbc unixodbc-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
+  apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists yet
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
 fi
 

@@ -9,20 +9,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from saline.cli.common import add_config_args, fail, load_opts
+from saline.cli.common import Parser, add_config_args, fail, load_opts
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="saline-call", description="Run an execution function locally.")
+    parser = Parser(prog="saline-call", description="Run an execution function on this machine.")
     add_config_args(parser)
     parser.add_argument("--local", action="store_true", help="run without a master (the only mode for now)")
-    parser.add_argument("--out", "--output", dest="out", default=None)
-    parser.add_argument("--return", dest="ret", default="")
-    parser.add_argument("--return_config", "--return-config", dest="ret_config", default=None)
+    parser.add_argument("--out", "--output", dest="out", default=None,
+                        help="the outputter: nested (default), json, yaml, txt, raw, table")
+    parser.add_argument("--return", dest="ret", default="", help="also send the return to these returners, comma separated")
+    parser.add_argument("--return_config", "--return-config", dest="ret_config", default=None, metavar="PROFILE",
+                        help="read the returners' options under PROFILE.<returner>.<option>")
     parser.add_argument("--retcode-passthrough", action="store_true", help="exit with the function's retcode")
-    parser.add_argument("--no-color", dest="no_color", action="store_true")
-    parser.add_argument("fun")
-    parser.add_argument("arg", nargs="*")  # options may follow the arguments, as in Salt
+    parser.add_argument("--no-color", dest="no_color", action="store_true", help="no colours in the output")
+    parser.add_argument("fun", help="the function to run, module.function (test.ping)")
+    parser.add_argument("arg", nargs="*", metavar="ARG",
+                        help="arguments of the function: positional values, then key=value keyword arguments")
     args = parser.parse_intermixed_args(argv)
     opts = load_opts("minion", args)
 

@@ -10,7 +10,7 @@ import fnmatch
 import json
 import sys
 
-from saline.cli.common import add_config_args, fail, load_opts
+from saline.cli.common import Parser, add_config_args, fail, load_opts
 
 TITLES = {"minions": "Accepted Keys:", "minions_denied": "Denied Keys:", "minions_pre": "Unaccepted Keys:",
           "minions_rejected": "Rejected Keys:"}
@@ -30,19 +30,24 @@ def _print_listing(listing: dict[str, list[str]], states: tuple[str, ...], out: 
             print(mid)
 
 
-def _confirm(action: str, state: str, ids: list[str], yes: bool) -> bool:
+def _confirm(action: str, found: dict[str, list[str]], yes: bool) -> None:
+    """List the keys about to change under the heading of the state each is in now, and ask;
+    exit 1 when the answer is no, or when nothing answers (no terminal, no ``-y``)."""
     print(f"The following keys are going to be {action}:")
-    print(TITLES[state])
-    for mid in ids:
-        print(mid)
+    for state in ORDER:
+        if found.get(state):
+            print(TITLES[state])
+            for mid in found[state]:
+                print(mid)
     if yes:
-        return True
+        return
     try:
         answer = input("Proceed? [n/Y] ")
-    except EOFError:
-        print("\nnot confirmed (use -y to answer yes)", file=sys.stderr)
-        return False
-    return answer.strip().lower() in ("", "y", "yes")
+    except EOFError:  # no terminal (or nothing piped in) to answer
+        print()
+        fail("not confirmed (use -y to answer yes); nothing was changed", 1)
+    if answer.strip().lower() not in ("", "y", "yes"):
+        fail("not confirmed; nothing was changed", 1)
 
 
 def _move_keys(keys, found: dict[str, list[str]], pattern: str, dst: str, action: str, yes: bool) -> None:
@@ -50,32 +55,40 @@ def _move_keys(keys, found: dict[str, list[str]], pattern: str, dst: str, action
     ids = [m for ids in found.values() for m in ids]
     if not ids:
         fail(f"the key glob '{pattern}' does not match any unaccepted keys", 1)
-    if _confirm(action, "minions_pre", ids, yes):
-        for state, state_ids in found.items():
-            for mid in state_ids:
-                keys.move(mid, state, dst)  # replaces an older key of that id in dst
-                print(f"Key for minion {mid} {action}.")
+    _confirm(action, found, yes)
+    for state, state_ids in found.items():
+        for mid in state_ids:
+            keys.move(mid, state, dst)  # replaces an older key of that id in dst
+            print(f"Key for minion {mid} {action}.")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="saline-key", description="Manage minion keys on the master.")
+    parser = Parser(prog="saline-key", description="Manage minion keys on the master (Salt's salt-key).",
+                    epilog="Exit status: 0 when done; 1 when nothing matched or the change was not confirmed; "
+                           "2 on a bad option or an unreadable key folder.")
     add_config_args(parser, short_log_flag=False)  # -l lists keys, as in salt-key
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-L", "--list-all", action="store_true", help="list every key")
     group.add_argument("-l", "--list", metavar="STATE", help="list keys in one state: acc, pre/un, rej, den, all")
     group.add_argument("-a", "--accept", metavar="ID", help="accept the pending keys matching ID (a glob)")
-    group.add_argument("-A", "--accept-all", action="store_true")
+    group.add_argument("-A", "--accept-all", action="store_true", help="accept every pending key")
     group.add_argument("-r", "--reject", metavar="ID", help="reject the pending keys matching ID")
-    group.add_argument("-R", "--reject-all", action="store_true")
+    group.add_argument("-R", "--reject-all", action="store_true", help="reject every pending key")
     group.add_argument("-d", "--delete", metavar="ID", help="delete the keys matching ID, in any state")
-    group.add_argument("-D", "--delete-all", action="store_true")
+    group.add_argument("-D", "--delete-all", action="store_true", help="delete every key, in any state")
     group.add_argument("-f", "--finger", metavar="ID", help="print the fingerprints of the keys matching ID")
-    group.add_argument("-F", "--finger-all", action="store_true")
+    group.add_argument("-F", "--finger-all", action="store_true",
+                       help="print the fingerprints of every key and of the master's own key; '-F master' prints "
+                            "only the master's (what a minion's master_finger pins)")
     parser.add_argument("-y", "--yes", action="store_true", help="answer yes to every question")
     parser.add_argument("--include-rejected", action="store_true", help="-a/-A also accept rejected keys")
     parser.add_argument("--include-accepted", action="store_true", help="-r/-R also reject accepted keys")
-    parser.add_argument("--out", default=None, choices=["json", "txt"])
+    parser.add_argument("--out", default=None, choices=["json", "txt"], help="the listing as JSON or plain text")
+    parser.add_argument("which", nargs="?", metavar="master",
+                        help="with -F: 'master' prints only the master's own key fingerprint, as salt-key -F master")
     args = parser.parse_args(argv)
+    if args.which is not None and not (args.finger_all and args.which == "master"):
+        parser.error(f"unexpected argument {args.which!r} (only '-F master' takes one)")
     opts = load_opts("master", args)
 
     from saline.transport.keys import ACCEPTED, PENDING, REJECTED, STATES, KeyStore, fingerprint
@@ -111,24 +124,28 @@ def main(argv: list[str] | None = None) -> None:
         ids = sorted({m for s in STATES for m in found[s]})
         if not ids:
             fail(f"the key glob '{args.delete or '*'}' does not match any keys", 1)
-        if _confirm("deleted", ACCEPTED, ids, args.yes):
-            for mid in ids:
-                keys.delete(mid)
-                print(f"Key for minion {mid} deleted.")
+        _confirm("deleted", found, args.yes)
+        for mid in ids:
+            keys.delete(mid)
+            print(f"Key for minion {mid} deleted.")
         return
     if args.finger or args.finger_all:
-        found = matching(STATES, args.finger or "*")
-        for state in ORDER:
-            if found[state]:
-                print(TITLES[state])
-                for mid in found[state]:
-                    print(f"{mid}:  {fingerprint(keys.key_of(state, mid) or '')}")
-        print("Local Keys:")
+        if args.which != "master":
+            found = matching(STATES, args.finger or "*")
+            for state in ORDER:
+                if found[state]:
+                    print(TITLES[state])
+                    for mid in found[state]:
+                        print(f"{mid}:  {fingerprint(keys.key_of(state, mid) or '')}")
+        if args.finger and not fnmatch.fnmatch("master.pub", args.finger):
+            return
         from pathlib import Path
 
         pub = Path(opts["pki_dir"]) / "master.pub"
-        if pub.exists():
-            print(f"master.pub:  {fingerprint(pub.read_text().strip())}")
+        if not pub.exists():
+            fail(f"the master has no key yet ({pub} does not exist: start saline-master once)", 1)
+        print("Local Keys:")
+        print(f"master.pub:  {fingerprint(pub.read_text().strip())}")
         return
     _print_listing(listing, ORDER, args.out)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from saline.cli.common import add_config_args, fail, load_opts, raise_open_files, run_daemon
+from saline.cli.common import Parser, add_config_args, fail, load_opts, raise_open_files, run_daemon
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="saline-master", description="The saline master.")
+    parser = Parser(prog="saline-master", description="The saline master: publishes jobs, collects returns and "
+                    "delivers them to the returners.")
     add_config_args(parser)
-    parser.add_argument("-d", "--daemon", action="store_true", help="run in the background")
-    parser.add_argument("--pid-file", default=None)
+    parser.add_argument("-d", "--daemon", action="store_true",
+                        help="run in the background; the command exits non-zero with the cause if the master "
+                             "cannot start")
+    parser.add_argument("--pid-file", default=None, help="write the process id here (default: the config's pidfile)")
     args = parser.parse_args(argv)
     opts = load_opts("master", args, {"pidfile": args.pid_file} if args.pid_file else None)
 

@@ -7,16 +7,29 @@ import argparse
 import json
 import sys
 
-from saline.cli.common import add_config_args, fail, load_opts
+from saline.cli.common import Parser, add_config_args, fail, load_opts
+
+
+def _runner_list() -> str:
+    """The runners, one line each, for ``--help`` (imported only then)."""
+    from saline.master.runners import describe
+
+    found = {**describe(), "state.event": _event_stream.__doc__ or ""}
+    lines = [f"  {name:<22} {' '.join(found[name].strip().split(chr(10) * 2)[0].split())}" for name in sorted(found)]
+    return "\n".join(["runners:", *lines])
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="saline-run", description="Run a function on the master.")
+    wants_help = any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv))
+    parser = Parser(prog="saline-run", description="Run a function on the master (Salt's salt-run).",
+                    epilog=_runner_list() if wants_help else None, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    parser.add_argument("--out", "--output", dest="out", default=None)
-    parser.add_argument("--no-color", dest="no_color", action="store_true")
-    parser.add_argument("fun")
-    parser.add_argument("arg", nargs="*")  # options may follow the arguments, as in Salt
+    parser.add_argument("--out", "--output", dest="out", default=None,
+                        help="the outputter: nested (default), json, yaml, txt, raw, table")
+    parser.add_argument("--no-color", dest="no_color", action="store_true", help="no colours in the output")
+    parser.add_argument("fun", help="the runner function, e.g. jobs.lookup_jid (the list is below)")
+    parser.add_argument("arg", nargs="*", metavar="ARG",
+                        help="its arguments: positional values, then key=value keyword arguments")
     args = parser.parse_intermixed_args(argv)
     opts = load_opts("master", args)
 
@@ -43,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _event_stream(client, kwargs: dict) -> None:
-    """Salt's ``state.event``: ``tag<TAB>json`` per event; ``pretty=True`` indents the data;
-    ``tagmatch`` filters by glob; ``count`` stops after that many."""
+    """Print the master's events live, tag<TAB>json each (pretty=True, tagmatch=GLOB, count=N).
+
+    Salt's ``state.event``: ``pretty=True`` indents the data; ``tagmatch`` filters by glob;
+    ``count`` stops after that many."""
     import fnmatch
 
     pretty = bool(kwargs.get("pretty"))

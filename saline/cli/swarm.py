@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saline.cli.common import add_config_args, fail, load_opts, raise_open_files, setup_logging
+from saline.cli.common import Parser, add_config_args, fail, load_opts, raise_open_files, setup_logging
 
 
 def build(opts: dict[str, Any], count: int, prefix: str, root: Path, accept_into: str | None) -> list[Any]:
@@ -53,10 +53,10 @@ def build(opts: dict[str, Any], count: int, prefix: str, root: Path, accept_into
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="saline-swarm", description="Run N minions in one process.")
+    parser = Parser(prog="saline-swarm", description="Run N minions in one process (load tests and benchmarks).")
     add_config_args(parser)
-    parser.add_argument("count", type=int)
-    parser.add_argument("--prefix", default="swarm-")
+    parser.add_argument("count", type=int, help="how many minions")
+    parser.add_argument("--prefix", default="swarm-", help="their ids are PREFIX00000, PREFIX00001, ... (default swarm-)")
     parser.add_argument("--root", default=None, help="folder for the swarm's keys and spool (default: cachedir/swarm)")
     parser.add_argument("--accept-into", default=None, help="the master's pki_dir: accept the swarm's keys there")
     args = parser.parse_args(argv)

@@ -5,12 +5,15 @@ on the return socket is read, the accepted returns are written to the outbox in 
 (group commit), and only then are the minions acknowledged — so an acknowledged return is never
 lost, and a return the master could not store stays in the minion's spool.
 
-The publish socket is an XPUB: ZeroMQ runs the ZAP check only when a subscriber connects, so when
-an accepted key is deleted or rejected the master unbinds and binds the socket again, which drops
-every subscriber; the accepted ones reconnect and pass ZAP again, the revoked one is refused.
-Every subscription reaches the master with the subscriber's key (``User-Id``), so it knows who
-listened before and holds the jobs published meanwhile until those minions are back (at most
-``PUB_REBIND_HOLD`` seconds): a revocation delays publishes a little and loses none.
+The publish socket and who listens on it are :mod:`saline.master.publisher`'s business: it knows
+which minions are connected right now, and holds jobs for a few seconds after a start, a
+revocation or an acceptance until the minions concerned are subscribed, so none is lost.
+
+Who may talk at all is decided per message from the peer's CURVE key (never from the payload): an
+unknown key may only say hello (and file a pending key, within :mod:`saline.master.admission`'s
+limits); a key whose hello names another minion's id gets no session.
+The master's public key is also served, and nothing else, on ``master_pub_port``
+(:mod:`saline.transport.bootstrap`), so a new minion can trust it on first use.
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ import zmq.asyncio
 from saline.config import ConfigError, returner_names
 from saline.events import EventBus, job_new_tag, job_ret_tag, stamp
 from saline.jid import gen_jid, is_jid
+from saline.master.admission import PendingGate
 from saline.master.delivery import Delivery
-from saline.master.outbox import Item, Outbox, OutboxError
+from saline.master.errors import PublishError
+from saline.master.outbox import Item, Outbox, OutboxError, kwargs_key
+from saline.master.publisher import ACCEPT_HOLD, START_HOLD, Publisher
 from saline.master.scheduled import minion_event, run_schedule, store_scheduled
 from saline.master.state import MasterState
-from saline.targeting import TargetError, expected_minions
+from saline.targeting import TargetError, expected_minions, named_ids
+from saline.transport import bootstrap
 from saline.transport.framing import FrameError, decode, encode
 from saline.transport.keys import ACCEPTED, DENIED, PENDING, REJECTED, KeyStore, ensure_keypair, valid_id
 from saline.transport.zeromq import PUB_DOMAIN, RET_DOMAIN, ZapHandler, server_socket, tcp_endpoint
@@ -43,11 +50,6 @@ log = logging.getLogger(__name__)
 GROUP_MAX = 2000  # messages handled per group commit
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-#: after re-binding the publish socket, jobs wait at most this long for the listening minions
-PUB_REBIND_HOLD = 2.0
-#: after a start, jobs wait at most this long for the accepted minions to subscribe again (their
-#: ZeroMQ reconnect interval backs off to 2 s, plus up to 0.2 s of jitter, while the master is down)
-PUB_START_HOLD = 3.0
 #: how often the master looks for revoked keys (the latency of a revocation on the publish port)
 KEY_CHECK_INTERVAL = 0.25
 #: while the outbox cannot be written, the error is logged at most this often (with a count)
@@ -60,8 +62,8 @@ def _retcode(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-class PublishError(Exception):
-    """A publish request that cannot be carried out; one line for the CLI."""
+#: what a job's returners are given: [(names, ret_config, ret_kwargs)]
+Routes = list[tuple[list[str], str | None, Any]]
 
 
 class Master:
@@ -79,18 +81,24 @@ class Master:
         self.events = EventBus()
         self.max_size = int(opts["max_frame_size"])
         self.job_cache = opts.get("master_job_cache") or "saline_cache"
-        self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "untargeted": 0, "duplicates": 0,
+        self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "id_mismatch": 0, "pending_refused": 0,
+                      "untargeted": 0, "duplicates": 0,
                       "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0, "store_failures": 0,
                       "groups": 0, "grouped_messages": 0, "published": 0, "returns": 0}
         self._store_failing_since: float | None = None  # when the outbox began refusing returns
         self._store_logged = (0.0, 0)                    # (when the last error line was, returns refused since)
-        self._subscribers: dict[str, float] = {}  # key -> when it subscribed to the publish socket
-        self._held: list[bytes] | None = None      # publishes waiting while the socket is re-bound
-        self._holds = 0                            # how many reasons to hold publishes there are
+        self.publisher: Publisher | None = None
         self._accepted_keys: set[str] = set()
+        self._mismatched: set[str] = set()  # keys whose hello named another minion (logged once each)
+        self.gate = PendingGate(int(opts.get("max_pending_keys") or 0), float(opts.get("pending_hellos_per_second") or 0))
+        # pending keys that said hello: key -> (routing id, claimed id, grains), told at once when accepted
+        self._pending_hellos: dict[str, tuple[bytes, str, dict | None]] = {}
+        self._background: set[asyncio.Task] = set()
+        self.ready: Any = None  # called once the sockets are bound (saline-master -d waits for it)
+        self.bootstrap_server: Any = None
         self._stop = asyncio.Event()
         self.ctx: zmq.asyncio.Context | None = None
-        self._returners: dict[Any, list[str]] = {}
+        self._routes: dict[tuple[Any, str, str], Routes] = {}
         self._check_returner_config()
 
     def _check_returner_config(self) -> None:
@@ -107,6 +115,10 @@ class Master:
         cache_cls = registry.get_class(self.job_cache)
         if not cache_cls.has_read_side():
             raise ConfigError(f"master_job_cache: returner {self.job_cache} has no read side and cannot be the job cache")
+        from saline.returners.checks import unknown_returner_keys
+
+        for line in unknown_returner_keys(self.opts):
+            log.warning("%s: %s", self.opts.get("config_dir") or "config", line)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -117,13 +129,18 @@ class Master:
         self.zap = ZapHandler(self.ctx, self.keys, open_mode=bool(self.opts.get("open_mode")),
                               on_refused=self._on_refused)
         iface = self.opts["interface"]
-        self.pub = server_socket(self.ctx, zmq.XPUB, self.secret_key, PUB_DOMAIN,
-                                 tcp_endpoint(iface, self.opts["publish_port"]), self.max_size)
-        self._pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        pub = self._bind(zmq.XPUB, PUB_DOMAIN, "publish_port")
+        self.publisher = Publisher(pub, self._key_owner, self.stats)
         self._accepted_keys = self._accepted_key_set()
-        self._hold()  # released by _startup_hold once the minions are back
-        self.router = server_socket(self.ctx, zmq.ROUTER, self.secret_key, RET_DOMAIN,
-                                    tcp_endpoint(iface, self.opts["ret_port"]), self.max_size)
+        self.publisher.hold()  # released by _startup_hold once the minions are back
+        self.router = self._bind(zmq.ROUTER, RET_DOMAIN, "ret_port")
+        if self.opts.get("serve_master_pub", True):
+            port = int(self.opts["master_pub_port"])
+            try:
+                self.bootstrap_server = await bootstrap.serve(iface, port, self.public_key)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot serve the master's public key on {iface}:{port} "
+                              f"(master_pub_port; serve_master_pub: False turns it off): {exc.strerror}") from None
         from saline.master.metrics import serve as serve_metrics
 
         self.metrics = serve_metrics(self)  # the /metrics listener, when metrics_port is set (before the
@@ -135,12 +152,15 @@ class Master:
         self.delivery.start()
         tasks = [asyncio.create_task(self.zap.serve(), name="zap"),
                  asyncio.create_task(self._return_loop(), name="returns"),
-                 asyncio.create_task(self._subscription_loop(), name="subscriptions"),
+                 asyncio.create_task(self.publisher.subscriptions(), name="subscriptions"),
+                 asyncio.create_task(self.publisher.disconnections(), name="disconnections"),
                  asyncio.create_task(self._startup_hold(), name="startup-hold"),
                  asyncio.create_task(self._maintenance(), name="maintenance")]
         tasks.append(asyncio.create_task(run_schedule(self), name="schedule"))  # the master's schedule:
         log.info("master %s listening on %s (publish %s, return %s)", self.opts["id"], iface,
                  self.opts["publish_port"], self.opts["ret_port"])
+        if self.ready is not None:
+            self.ready()
         try:
             await self._stop.wait()
         finally:
@@ -151,15 +171,32 @@ class Master:
             if self.metrics is not None:
                 self.metrics.close()
             self.delivery.stop()
-            self.pub.close(0)
+            if self.bootstrap_server is not None:
+                self.bootstrap_server.close()
+            self.publisher.close()
             self.router.close(0)
             self.zap.close()
             self.ctx.term()
             self.outbox.close()
             self.state.close()
 
+    def _bind(self, kind: int, domain: str, port_option: str) -> zmq.asyncio.Socket:
+        endpoint = tcp_endpoint(self.opts["interface"], self.opts[port_option])
+        try:
+            return server_socket(self.ctx, kind, self.secret_key, domain, endpoint, self.max_size)
+        except zmq.ZMQError as exc:
+            raise OSError(exc.errno, f"cannot listen on {endpoint} ({port_option}): {exc.strerror}") from None
+
     def _on_refused(self, domain: str, key: str) -> None:
         self.stats["refused"] += 1
+
+    def _key_owner(self, key: str) -> str | None:
+        info = self.keys.by_key(key)
+        return info.minion_id if info is not None and info.state == ACCEPTED else None
+
+    def connected_minions(self) -> set[str]:
+        """Accepted minions with a connection to the publish port right now."""
+        return self.publisher.connected_ids() if self.publisher is not None else set()
 
     # -- publishing ------------------------------------------------------------------------------
     def expected_minions(self, tgt: Any, tgt_type: str) -> list[str]:
@@ -169,16 +206,21 @@ class Master:
         return expected_minions(tgt, tgt_type, known, nodegroups=self.opts.get("nodegroups") or {})
 
     def publish(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Publish a job; returns ``{"jid", "minions"}``. Raises PublishError with one line."""
+        """Publish a job; returns ``{"jid", "minions", "missing", "not_connected"}``: the minions
+        expected, the ids the target names that are not accepted minions (Salt's "missing"), and
+        the expected minions with no connection now (they cannot receive it). Raises PublishError
+        with one line, before anything is sent."""
         fun = request.get("fun")
         if not isinstance(fun, str) or not fun:
             raise PublishError("no function given")
         tgt, tgt_type = request.get("tgt", "*"), request.get("tgt_type") or "glob"
         try:
             minions = self.expected_minions(tgt, tgt_type)
+            missing = sorted(set(named_ids(tgt, tgt_type)) - set(self.keys.ids(ACCEPTED)))
+            if self.publisher is not None:
+                self._welcome_accepted()  # a key accepted a moment ago: the job waits for that minion
         except TargetError as exc:
             raise PublishError(f"bad target: {exc}") from None
-        names = self._job_returners(request.get("ret"))
         jid = request.get("jid") if is_jid(request.get("jid")) else gen_jid(bool(self.opts.get("unique_jid")))
         load = {
             "cmd": "publish", "jid": jid, "fun": fun, "arg": list(request.get("arg") or []),
@@ -189,11 +231,16 @@ class Master:
         }
         if request.get("metadata"):
             load["metadata"] = request["metadata"]
+        if not minions and not self.opts.get("open_mode"):
+            return {"jid": jid, "minions": [], "missing": missing, "not_connected": []}
         # The job cache, the returners and the event bus get the load with the secret options of
         # --return_kwargs masked; only master.db keeps them, to deliver the returns with them.
-        shown = self._masked_load(load, names)
         try:
-            items = self.delivery.items_for_load(names, jid, shown, minions)
+            routes = self._job_routes(request.get("ret"), request.get("ret_config"), request.get("ret_kwargs"))
+            shown = self._masked_load(load, [n for names, _rc, _kw in routes for n in names])
+            items: list[Item] = []
+            for names, ret_config, ret_kwargs in routes:  # also checks each returner's options
+                items += self.delivery.items_for_load(names, jid, shown, minions, ret_config, ret_kwargs)
             items += self._event_items(self.events.fire(job_new_tag(jid), {**shown, "minions": minions}))
             self.delivery.submit(items)
         except ConfigError as exc:
@@ -208,10 +255,15 @@ class Master:
                 "user": load["user"], "ret": load["ret"] if self.opts.get("returners_on_minion") else "",
                 "job_timeout": request.get("job_timeout"), "ret_config": request.get("ret_config"),
                 "ret_kwargs": request.get("ret_kwargs"), "metadata": request.get("metadata")}
-        self._send_publish(encode({k: v for k, v in wire.items() if v not in (None, "")}))
+        # read before sending: a minion that subscribes from now on cannot get this job
+        holding = self.publisher is None or self.publisher.holding
+        connected = self.connected_minions()
+        self.publisher_send(encode({k: v for k, v in wire.items() if v not in (None, "")}))
         self.stats["published"] += 1
         log.info("published %s %s to %s (%d minions expected)", jid, fun, tgt, len(minions))
-        return {"jid": jid, "minions": minions}
+        # while publishes are held (a start, a re-bind), who is connected is not known yet
+        not_connected = [] if holding else sorted(set(minions) - connected)
+        return {"jid": jid, "minions": minions, "missing": missing, "not_connected": not_connected}
 
     def _masked_load(self, load: dict[str, Any], names: list[str]) -> dict[str, Any]:
         from saline.returners.options import MASK
@@ -239,57 +291,27 @@ class Master:
             shown_kwargs = MASK
         return {**load, "kwargs": {**load["kwargs"], "ret_kwargs": shown_kwargs}}
 
-    def _send_publish(self, data: bytes) -> None:
-        if self._held is not None:  # the socket is being re-bound: the job waits for the minions
-            self._held.append(data)
-            self.stats["pub_held"] += 1
-            return
-        self.pub.send(data)
+    def publisher_send(self, data: bytes) -> None:
+        if self.publisher is not None:
+            self.publisher.send(data)
 
     # -- who listens on the publish socket -------------------------------------------------------
-    async def _subscription_loop(self) -> None:
-        """Read the subscriptions (XPUB_VERBOSE): each carries the subscriber's key."""
-        while True:
-            frame = await self.pub.recv(copy=False)
-            if frame.bytes[:1] != b"\x01":
-                continue  # an unsubscription (a peer left): libzmq makes those without a key
-            try:
-                key = frame.get("User-Id")
-            except zmq.ZMQError:
-                continue
-            if key:
-                self._subscribers[key] = time.monotonic()
-
-    def _hold(self) -> None:
-        self._holds += 1
-        if self._held is None:
-            self._held = []
-
-    def _release(self) -> int:
-        """End one hold; when it was the last, send what was held. How many were sent."""
-        self._holds -= 1
-        if self._holds > 0 or self._held is None:
-            return 0
-        held, self._held = self._held, None
-        for data in held:
-            self.pub.send(data)
-        return len(held)
-
     async def _startup_hold(self) -> None:
         """Jobs published just after a (re)start wait for the accepted minions to subscribe again,
-        at most PUB_START_HOLD seconds, instead of reaching no one: a publish is not queued for a
+        at most START_HOLD seconds, instead of reaching no one: a publish is not queued for a
         minion that is not connected, and after a restart each needs up to ~2 s to reconnect."""
         started = time.monotonic()
+        pub = self.publisher
         awaited = set() if self.opts.get("open_mode") else set(self._accepted_keys)
         try:
-            while time.monotonic() - started < PUB_START_HOLD:
+            while time.monotonic() - started < START_HOLD:
                 awaited &= self._accepted_keys  # a key revoked meanwhile is not waited for
-                if awaited <= self._subscribers.keys():
+                if awaited <= pub.subscribers.keys():
                     break
                 await asyncio.sleep(0.005)
         finally:
-            sent = self._release()
-        back = len(awaited & self._subscribers.keys())
+            sent = pub.release()
+        back = len(awaited & pub.subscribers.keys())
         if awaited:
             log.info("%d of %d accepted minions subscribed %.0f ms after the start; %d job(s) held meanwhile", back,
                      len(awaited), (time.monotonic() - started) * 1000, sent)
@@ -299,63 +321,88 @@ class Master:
         return {k for k in keys if k}
 
     async def _check_revoked(self) -> None:
-        """Drop every subscriber when an accepted key was deleted or rejected (see the docstring)."""
+        """Drop every subscriber when an accepted key was deleted or rejected
+        (see :mod:`saline.master.publisher`)."""
         self.keys.refresh()
         current = self._accepted_key_set()
         revoked = self._accepted_keys - current
         self._accepted_keys = current
-        if revoked and not self.opts.get("open_mode"):
-            await self._rebind_pub(len(revoked), current)
-
-    async def _rebind_pub(self, n_revoked: int, accepted: set[str]) -> None:
-        started = time.monotonic()
+        if not revoked or self.opts.get("open_mode"):
+            return
         recent = time.time() - 120  # a minion not heard of for that long is not waited for
-        awaited = set()
-        for key in self._subscribers:
+
+        def comes_back(key: str) -> bool:
             info = self.keys.by_key(key)
-            if key in accepted and info is not None and self.state.last_seen.get(info.minion_id, 0) >= recent:
-                awaited.add(key)
-        self._subscribers = {}
-        self._hold()
-        try:
-            self.pub.unbind(self._pub_endpoint)
-            while True:
-                try:
-                    self.pub.bind(self._pub_endpoint)
-                    break
-                except zmq.ZMQError as exc:  # the old listener closes in libzmq's I/O thread
-                    if exc.errno != zmq.EADDRINUSE or time.monotonic() - started > 10:
-                        raise
-                    await asyncio.sleep(0.005)
-            deadline = started + PUB_REBIND_HOLD
-            while not awaited <= self._subscribers.keys() and time.monotonic() < deadline:
-                await asyncio.sleep(0.002)
-        except zmq.ZMQError as exc:
-            log.error("cannot re-bind the publish socket %s: %s", self._pub_endpoint, exc)
-        finally:
-            held = self._release()
-        back = len(awaited & self._subscribers.keys())
-        took = (time.monotonic() - started) * 1000
-        self.stats["pub_rebinds"] += 1
-        self.stats["pub_rebind_ms"] = round(took, 1)
+            return key in current and info is not None and self.state.last_seen.get(info.minion_id, 0) >= recent
+
+        back, awaited, held, took = await self.publisher.rebind(comes_back)
         log.info("%d key(s) revoked: publish socket re-bound; %d of %d minions back in %.0f ms, %d job(s) held",
-                 n_revoked, back, len(awaited), took, held)
+                 len(revoked), back, awaited, took, held)
 
-    def _job_returners(self, ret: Any) -> list[str]:
-        """Where a job's load and returns go: the job cache, ext_job_cache, ``return:``, ``--return``."""
-        if not isinstance(ret, (str, type(None))):
-            return self._returners_for(ret)
-        found = self._returners.get(ret)
+    def _welcome_accepted(self) -> None:
+        """Tell each pending minion whose key was accepted since its hello, at once (instead of at
+        its next hello, up to ``acceptance_wait_time`` later), and hold publishes until it has
+        subscribed, so the first job sent after ``saline-key -a`` reaches it."""
+        if not self._pending_hellos:
+            return
+        welcomed = []
+        for key, (routing, claimed, grains) in list(self._pending_hellos.items()):
+            info = self.keys.by_key(key)
+            if info is None or info.state == PENDING:
+                if info is None:
+                    del self._pending_hellos[key]  # deleted: the minion's next hello files it again
+                continue
+            del self._pending_hellos[key]
+            if info.state == ACCEPTED and info.minion_id == claimed:
+                self._reply(routing, self._accept_hello(key, claimed, grains))
+                welcomed.append(key)
+            elif info.state in (REJECTED, DENIED):
+                self._reply(routing, {"cmd": "rejected"})
+        if welcomed:
+            self._accepted_keys = self._accepted_key_set()
+            self.publisher.hold()  # now, so that a job published next waits for them
+            task = asyncio.create_task(self._hold_for_new(welcomed))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _hold_for_new(self, keys: list[str]) -> None:
+        try:
+            await self.publisher.wait_for(set(keys), ACCEPT_HOLD)
+        finally:
+            sent = self.publisher.release()
+        back = len(set(keys) & self.publisher.subscribers.keys())
+        log.info("%d newly accepted minion(s) told at once; %d subscribed, %d job(s) held meanwhile",
+                 len(keys), back, sent)
+
+    def _reply(self, routing: bytes, message: dict[str, Any]) -> None:
+        try:
+            self.router.send_multipart([routing, encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            log.debug("could not reply to a minion (gone, or its queue is full)")
+
+    def _job_routes(self, ret: Any, ret_config: str | None = None, ret_kwargs: Any = None) -> Routes:
+        """Where a job's load and returns go, and with which options: the job cache,
+        ``ext_job_cache`` and ``return:`` with their own options; the job's ``--return``
+        returners with its ``--return_config``/``--return_kwargs`` (Salt's #43451: those never
+        reach the job cache, and every write of a ``--return`` returner uses them)."""
+        key = (ret if isinstance(ret, (str, type(None))) else ",".join(returner_names(ret)),
+               ret_config or "", kwargs_key(ret_kwargs) if isinstance(ret_kwargs, dict) else str(ret_kwargs or ""))
+        found = self._routes.get(key)
         if found is None:
-            found = self._returners[ret] = self._returners_for(ret)
-        return list(found)
+            found = self._routes[key] = self._make_routes(ret, ret_config, ret_kwargs)
+        return found
 
-    def _returners_for(self, ret: Any) -> list[str]:
-        names = [self.job_cache, *returner_names(self.opts.get("ext_job_cache")),
-                 *returner_names(self.opts.get("return"))]
-        if not self.opts.get("returners_on_minion"):
-            names += returner_names(ret)
-        return list(dict.fromkeys(names))
+    def _make_routes(self, ret: Any, ret_config: str | None, ret_kwargs: Any) -> Routes:
+        own = [self.job_cache, *returner_names(self.opts.get("ext_job_cache"))]
+        configured = returner_names(self.opts.get("return"))
+        named = [] if self.opts.get("returners_on_minion") else returner_names(ret)
+        if not ret_config and not ret_kwargs:
+            return [(list(dict.fromkeys(own + configured + named)), None, None)]
+        plain = list(dict.fromkeys(own + [n for n in configured if n not in named]))
+        routes: Routes = [(plain, None, None)]
+        if named:
+            routes.append((named, ret_config or None, ret_kwargs or None))
+        return routes
 
     def _event_items(self, event: dict[str, Any]) -> list[Item]:
         return self.delivery.items_for_event(event["tag"], event["data"])
@@ -427,7 +474,7 @@ class Master:
         cmd = message["cmd"]
         state, mid = self._identify(key, message)
         if cmd == "hello":
-            return self._hello(key, state, mid, message)
+            return self._hello(routing, key, state, mid, message)
         if state != ACCEPTED or mid is None:
             self.stats["refused"] += 1
             return {"cmd": "not_accepted"}
@@ -450,20 +497,26 @@ class Master:
         self.stats["bad_frames"] += 1
         return {"cmd": "refused", "reason": f"unknown command {cmd[:40]!r}"}
 
-    def _hello(self, key: str | None, state: str | None, mid: str | None, message: dict[str, Any]) -> dict[str, Any]:
+    def _hello(self, routing: bytes, key: str | None, state: str | None, mid: str | None,
+               message: dict[str, Any]) -> dict[str, Any]:
         claimed = message.get("id")
         grains = message.get("grains") if isinstance(message.get("grains"), dict) else None
         if not valid_id(claimed):
             return {"cmd": "refused", "reason": "invalid minion id"}
         if state == ACCEPTED:
             if mid != claimed:
+                # The identity is the key: a process holding minion A's key but calling itself B
+                # gets no session. It is told why and stops without running a job (a minion runs
+                # none before the master's welcome). It cannot be kept off the publish port: that
+                # would shut out A too, which holds the same key.
                 self.stats["forged"] += 1
-                log.warning("key of minion %s says hello as %s; refused", mid, claimed)
-                return {"cmd": "refused", "reason": "id does not match the key"}
-            self.state.saw_minion(mid, grains)
-            self._fire_and_queue(f"salt/minion/{mid}/start", {"id": mid, "cmd": "_minion_event"})
-            self._fire_and_queue("salt/auth", {"id": mid, "act": "accept", "result": True, "pub": key})
-            return {"cmd": "welcome", "master_id": self.opts["id"]}
+                self.stats["id_mismatch"] += 1
+                if key is not None and key not in self._mismatched:
+                    self._mismatched.add(key)
+                    log.warning("a minion with the key accepted for %s says hello as %s: refused (no session; "
+                                "it runs no job and stops)", mid, claimed)
+                return {"cmd": "refused", "reason": "id does not match the key", "accepted_as": mid}
+            return self._accept_hello(key, mid, grains)
         if state in (REJECTED, DENIED):
             return {"cmd": "rejected"}
         if key is None:
@@ -471,21 +524,41 @@ class Master:
         known = self.keys.accepted_key(claimed)
         if known is not None and known != key:
             # A known id with a new key: Salt's "denied" (a stolen id or a rebuilt minion).
-            self.keys.add(DENIED, claimed, key)
-            log.warning("minion %s presented a different key than the accepted one; denied", claimed)
-            self._fire_and_queue("salt/auth", {"id": claimed, "act": "denied", "result": False, "pub": key})
+            if self.keys.key_of(DENIED, claimed) != key:
+                if not self._admit_new_key():
+                    return {"cmd": "pending"}
+                self.keys.add(DENIED, claimed, key)
+                log.warning("minion %s presented a different key than the accepted one; denied", claimed)
+                self._fire_and_queue("salt/auth", {"id": claimed, "act": "denied", "result": False, "pub": key})
             return {"cmd": "rejected"}
         if self.opts.get("auto_accept"):
             self.keys.delete(claimed)
             self.keys.add(ACCEPTED, claimed, key)
-            self.state.saw_minion(claimed, grains)
             self._fire_and_queue("salt/key", {"id": claimed, "act": "accept", "result": True})
-            return {"cmd": "welcome", "master_id": self.opts["id"]}
+            return self._accept_hello(key, claimed, grains)
         if self.keys.key_of(PENDING, claimed) != key:
+            if not self._admit_new_key():
+                return {"cmd": "pending"}
             self.keys.add(PENDING, claimed, key)
             log.info("new minion key pending: %s", claimed)
             self._fire_and_queue("salt/auth", {"id": claimed, "act": "pend", "result": True, "pub": key})
+        if key in self._pending_hellos or len(self._pending_hellos) < self.gate.max_pending:
+            self._pending_hellos[key] = (routing, claimed, grains)
         return {"cmd": "pending"}
+
+    def _accept_hello(self, key: str | None, mid: str, grains: dict | None) -> dict[str, Any]:
+        self.state.saw_minion(mid, grains)
+        self._fire_and_queue(f"salt/minion/{mid}/start", {"id": mid, "cmd": "_minion_event"})
+        self._fire_and_queue("salt/auth", {"id": mid, "act": "accept", "result": True, "pub": key})
+        return {"cmd": "welcome", "master_id": self.opts["id"]}
+
+    def _admit_new_key(self) -> bool:
+        """Whether an unknown key may write one more pending or denied entry (see admission)."""
+        waiting = len(self.keys.ids(PENDING)) + len(self.keys.ids(DENIED))
+        if self.gate.admit(waiting):
+            return True
+        self.stats["pending_refused"] += 1
+        return False
 
     def _fire_and_queue(self, tag: str, data: dict[str, Any]) -> None:
         items = self._event_items(self.events.fire(tag, data))
@@ -526,10 +599,12 @@ class Master:
             job_load = self.state.job_load(jid) or {}  # in memory for recent jobs
             kwargs = job_load.get("kwargs") or {}
             ret = {"cmd": "_return", **load, "_stamp": received}
-            names = self._job_returners(job_load.get("ret"))
-            if not self.opts.get("job_cache", True):  # Salt's job_cache: False keeps loads, not returns
-                names = [n for n in names if n != self.job_cache]
-            items += self.delivery.items_for_return(names, ret, kwargs.get("ret_config"), kwargs.get("ret_kwargs"))
+            skip_cache = not self.opts.get("job_cache", True)  # Salt's job_cache: False keeps loads, not returns
+            for names, ret_config, ret_kwargs in self._job_routes(job_load.get("ret"), kwargs.get("ret_config"),
+                                                                  kwargs.get("ret_kwargs")):
+                if skip_cache and ret_config is None and ret_kwargs is None:
+                    names = [n for n in names if n != self.job_cache]
+                items += self.delivery.items_for_return(names, ret, ret_config, ret_kwargs)
             items += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)
             to_fire.append((job_ret_tag(jid, mid), ret))
             fresh.append((jid, mid, _retcode(load.get("retcode"))))
@@ -579,8 +654,9 @@ class Master:
                 self.events.fire("salt/key", {"act": "refresh", "listing": self.keys.listing()})
             try:
                 await self._check_revoked()
+                self._welcome_accepted()
             except Exception as exc:  # the next tick tries again; the loop must go on
-                log.error("checking for revoked keys failed: %s", exc)
+                log.error("checking for revoked or accepted keys failed: %s", exc)
             now = time.time()
             if now - last_clean >= interval:
                 last_clean = now

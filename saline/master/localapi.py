@@ -2,9 +2,11 @@
 
 Requests (one msgpack map each, see ``saline.transport.local``):
 
-* ``publish``: publishes a job and answers ``published`` (jid, expected minions); with ``wait``
-  it then streams each ``return`` and ends with ``done``, or ``timeout`` naming the minions that
-  did not answer (after asking them with ``saltutil.find_job``, as Salt does).
+* ``publish``: publishes a job and answers ``published`` (jid, expected minions, the named ids
+  that are not minions); with ``wait`` it then streams each ``return`` and ends with ``done``, or
+  ``timeout`` naming the minions that did not answer: those with no connection to the master
+  (``not_connected``, not waited for: the job cannot reach them) and those that stayed silent
+  after being asked with ``saltutil.find_job``, as Salt does.
 * ``runner``: runs a ``saline-run`` function and answers ``result`` or ``error``.
 * ``events``: streams every event whose tag starts with ``prefix`` (``state.event``).
 * ``expected``: the minions a target should reach (batch mode, ``--preview-target``).
@@ -150,7 +152,7 @@ class LocalAPI:
             self.master.events.unsubscribe(sub)
 
     async def _publish(self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from saline.master.daemon import PublishError
+        from saline.master.errors import PublishError
 
         master = self.master
         jid = gen_jid(bool(master.opts.get("unique_jid")))
@@ -164,23 +166,32 @@ class LocalAPI:
             await self._send(writer, {"cmd": "published", **published})
             if request.get("wait"):
                 timeout = float(request.get("timeout") or master.opts["timeout"])
-                await self._stream_returns(jid, set(published["minions"]), sub, timeout, writer)
+                await self._stream_returns(jid, set(published["minions"]), sub, timeout, writer,
+                                           set(published.get("not_connected") or ()))
         finally:
             master.events.unsubscribe(sub)
 
     async def _stream_returns(self, jid: str, expected: set[str], sub: Any, timeout: float,
-                              writer: asyncio.StreamWriter) -> None:
+                              writer: asyncio.StreamWriter, not_connected: set[str] = frozenset()) -> None:
+        """Stream the returns of ``jid``; ``not_connected``: expected minions that had no
+        connection when the job was sent, so it cannot reach them: they are not waited for."""
         returned: set[str] = set()
         deadline = time.monotonic() + timeout
         probed = False
         while not expected <= returned:
+            if expected - returned <= not_connected:
+                break  # only minions the job cannot reach are left
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if probed:
                     break
-                # Salt's find_job round: ask the silent minions whether they still run the job.
+                # Salt's find_job round: ask the silent minions whether they still run the job;
+                # a minion with no connection now cannot answer, so it is not asked (nor waited for).
                 probed = True
-                still = await self._find_job(jid, sorted(expected - returned))
+                gone = (expected - returned) - self.master.connected_minions()
+                not_connected = not_connected | gone
+                asked = sorted(expected - returned - not_connected)
+                still = await self._find_job(jid, asked) if asked else []
                 if not still:
                     break
                 deadline = time.monotonic() + timeout
@@ -197,7 +208,8 @@ class LocalAPI:
             returned.add(mid)
             await self._send(writer, {"cmd": "return", "id": mid, "data": data})
         missing = sorted(expected - returned)
-        await self._send(writer, {"cmd": "timeout" if missing else "done", "missing": missing})
+        await self._send(writer, {"cmd": "timeout" if missing else "done", "missing": missing,
+                                  "not_connected": sorted(not_connected & set(missing))})
 
     async def _find_job(self, jid: str, minions: list[str]) -> list[str]:
         """The minions (among ``minions``) that report job ``jid`` as still running."""

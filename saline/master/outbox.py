@@ -205,6 +205,7 @@ class Outbox:
             conn.execute("PRAGMA synchronous=NORMAL")
             sqlitewal.tune(conn)
             conn.executescript(_SCHEMA)
+            sqlitewal.private(self.path)
         except sqlite3.Error as exc:
             conn.close()
             self._drop_guard()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from saline.config import ConfigError
 from saline.jid import format_jid_instance, is_jid, jid_to_time
-from saline.master.daemon import PublishError
+from saline.master.errors import PublishError
 from saline.returners.base import ReturnerError
 
 
@@ -34,6 +34,11 @@ def runner(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 def names() -> list[str]:
     return sorted(_FUNCTIONS)
+
+
+def describe() -> dict[str, str]:
+    """Each runner's name and docstring (``saline-run --help`` shows the first line)."""
+    return {name: (_FUNCTIONS[name].__doc__ or "") for name in names()}
 
 
 async def call(master: Any, fun: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -83,6 +88,7 @@ def _globs(value: Any) -> list[str]:
 def list_jobs(master: Any, search_function: Any = None, search_target: Any = None,
               search_metadata: dict | None = None, start_time: str | None = None,
               end_time: str | None = None, **_: Any) -> dict[str, Any]:
+    """Every job in the job cache: Function, Arguments, Target, Target-type, User, StartTime (search_function, search_target, start_time, end_time filter)."""
     jobs = _with_cache(master, lambda c: c.get_jids())
     funs, tgts = _globs(search_function), _globs(search_target)
     out = {}
@@ -110,6 +116,7 @@ def _jid_bound(text: str) -> str:
 
 @runner("jobs.list_job")
 def list_job(master: Any, jid: Any) -> dict[str, Any]:
+    """One job: its load, the minions it expected, and each return."""
     jid = _jid_arg(jid)
 
     def read(cache: Any) -> dict[str, Any]:
@@ -127,12 +134,14 @@ def list_job(master: Any, jid: Any) -> dict[str, Any]:
 
 @runner("jobs.print_job")
 def print_job(master: Any, jid: Any) -> dict[str, Any]:
+    """One job with its returns, in the shape Salt prints it."""
     job = list_job(master, jid)
     return {str(jid): job}
 
 
 @runner("jobs.lookup_jid")
 def lookup_jid(master: Any, jid: Any, missing: bool = False, display_progress: bool = False) -> dict[str, Any]:
+    """The returns of a job, {minion: return}, read from the job cache (missing=True also lists the silent minions)."""
     jid = _jid_arg(jid)
 
     def read(cache: Any) -> dict[str, Any]:
@@ -148,6 +157,7 @@ def lookup_jid(master: Any, jid: Any, missing: bool = False, display_progress: b
 
 @runner("jobs.exit_success")
 def exit_success(master: Any, jid: Any) -> dict[str, bool]:
+    """Whether each minion targeted by a job ran it with success."""
     jid = _jid_arg(jid)
 
     def read(cache: Any) -> dict[str, bool]:
@@ -200,18 +210,40 @@ async def manage_status(master: Any) -> dict[str, list[str]]:
 
 @runner("manage.up")
 async def manage_up(master: Any) -> list[str]:
+    """The accepted minions that answer test.ping."""
     return (await manage_status(master))["up"]
 
 
 @runner("manage.down")
 async def manage_down(master: Any) -> list[str]:
+    """The accepted minions that do not answer test.ping."""
     return (await manage_status(master))["down"]
+
+
+def _iso(t: float | None) -> str | None:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds") if t else None
 
 
 @runner("returners.status")
 def returners_status(master: Any) -> dict[str, Any]:
-    """Per returner: delivered, pending, retrying, dead, last error and time, throughput."""
-    return master.delivery.status()
+    """Per returner: delivered, pending, retrying, dead, last error and time, throughput.
+
+    Times are ISO 8601 (UTC). ``state`` is ``failing`` while the last error is newer than the last
+    success, else ``ok``; ``last_error_resolved`` says whether the last error is older than the
+    last success (the returner recovered since)."""
+    out: dict[str, Any] = {}
+    for name, figures in master.delivery.status().items():
+        shown = dict(figures)
+        err_t, ok_t = figures.get("last_error_time"), figures.get("last_success_time")
+        resolved = bool(err_t and ok_t and ok_t >= err_t)
+        shown["state"] = "failing" if err_t and not resolved else "ok"
+        shown["last_error_time"] = _iso(err_t)
+        shown["last_success_time"] = _iso(ok_t)
+        shown["last_error_resolved"] = resolved if err_t else None
+        out[name] = shown
+    return out
 
 
 @runner("returners.replay")
@@ -222,6 +254,7 @@ def returners_replay(master: Any, name: str) -> dict[str, Any]:
 
 @runner("returners.dead")
 def returners_dead(master: Any, name: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The dead letters of returner ``name`` (items that kept failing), oldest first."""
     return master.delivery.dead_letters(str(name), int(limit))
 
 
@@ -240,6 +273,7 @@ def returners_init(master: Any, name: str, **kwargs: Any) -> dict[str, Any]:
 
 @runner("returners.list")
 def returners_list(master: Any) -> list[str]:
+    """Every returner that can be chosen here (built-in, installed, custom)."""
     from saline.returners import registry
 
     return registry.available()

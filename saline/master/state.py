@@ -50,6 +50,7 @@ class MasterState:
         self.db.execute("PRAGMA synchronous=NORMAL")
         sqlitewal.tune(self.db)
         self.db.executescript(_SCHEMA)
+        sqlitewal.private(path)
         self.lock = threading.Lock()
         self.grains: dict[str, dict | None] = {}
         self.last_seen: dict[str, float] = {}

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgpack
 
+from saline import sqlitewal
+
 
 class Spool:
     def __init__(self, path: Path) -> None:
@@ -23,6 +25,7 @@ class Spool:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS spool (mid TEXT NOT NULL, jid TEXT NOT NULL, payload BLOB NOT NULL,"
                         " created REAL NOT NULL, sent REAL NOT NULL DEFAULT 0, PRIMARY KEY (mid, jid))")
+        sqlitewal.private(path)
         self.lock = threading.Lock()
 
     def put(self, mid: str, jid: str, ret: dict[str, Any]) -> None:

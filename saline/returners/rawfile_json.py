@@ -8,8 +8,12 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from saline.config import under_root
 from saline.returners import _json
 from saline.returners.base import BackendUnavailable, Option, Returner, ReturnerError
+
+
+DEFAULT_FILE = "/var/log/salt/events"
 
 
 class RawfileJsonReturner(Returner):
@@ -36,12 +40,14 @@ class RawfileJsonReturner(Returner):
     name = "rawfile_json"
     summary = "Salt's rawfile_json: returns and events appended to a file, one JSON object per line"
     options = (
-        Option("filename", str, "/var/log/salt/events", doc="the file appended to"),
+        Option("filename", str, None, doc=f"the file appended to (unset: Salt's {DEFAULT_FILE}, under the "
+               "master's root_dir when that is set)"),
     )
 
     def __init__(self, options: Mapping[str, Any], master_opts: Mapping[str, Any] | None = None) -> None:
         super().__init__(options, master_opts)
-        self.filename = str(self.opts.get("filename") or "/var/log/salt/events")
+        root = self.master_opts.get("root_dir") or "/"
+        self.filename = str(self.opts.get("filename") or under_root(root, DEFAULT_FILE))
 
     def _append(self, records: list[Any]) -> None:
         if not records:

@@ -47,15 +47,24 @@ def ensure_keypair(pki_dir: str | Path, name: str) -> tuple[str, str]:
     if not (pub.exists() and sec.exists()):
         public, secret = zmq.curve_keypair()
         _write_private(sec, secret.decode())
-        pub.write_text(public.decode())
+        _write_private(pub, public.decode())
     return pub.read_text().strip(), sec.read_text().strip()
 
 
 def fingerprint(public_key: str) -> str:
+    """Salt's form of a key's fingerprint: the SHA-256 of the key text as ``aa:bb:…`` (32 pairs),
+    what ``master_finger`` pins and ``saline-key -F`` prints."""
     import hashlib  # here, not at the top: hashlib loads OpenSSL's libcrypto (3.4 MB in every minion)
 
-    digest = hashlib.sha256(public_key.encode()).hexdigest()
-    return ":".join(digest[i:i + 2] for i in range(0, 32, 2))
+    digest = hashlib.sha256(public_key.strip().encode()).hexdigest()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def same_fingerprint(a: str, b: str) -> bool:
+    """Whether two fingerprints are equal, whatever their case and separators."""
+    def norm(text: str) -> str:
+        return re.sub(r"[^0-9a-f]", "", text.lower())
+    return bool(norm(a)) and norm(a) == norm(b)
 
 
 @dataclass(frozen=True)

@@ -130,9 +130,12 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
     (cfg / "master").write_text(f"cachedir: {tmp_path}/c\npki_dir: {tmp_path}/p\nsock_dir: {tmp_path}/s\nreturn: nosuch\n")
     unknown = subprocess.run([sys.executable, "-m", "saline.cli.master", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
     assert unknown.returncode == 2 and "unknown returner 'nosuch'" in unknown.stderr and "Traceback" not in unknown.stderr
-    (cfg / "minion").write_text(f"pki_dir: {tmp_path}/mp\ncachedir: {tmp_path}/mc\n")
-    no_key = subprocess.run([sys.executable, "-m", "saline.cli.minion", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
-    assert no_key.returncode == 2 and "master's public key is not known" in no_key.stderr
+    (tmp_path / "mp").mkdir()
+    (tmp_path / "mp" / "minion_master.pub").write_text("x" * 40 + "\n")
+    (cfg / "minion").write_text(f"pki_dir: {tmp_path}/mp\ncachedir: {tmp_path}/mc\nmaster_finger: 'aa:bb'\n")
+    pinned = subprocess.run([sys.executable, "-m", "saline.cli.minion", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert pinned.returncode == 2 and pinned.stderr.count("\n") == 1, pinned.stderr
+    assert "not the master_finger aa:bb: refusing it" in pinned.stderr
 
 
 def test_job_timeout_stops_the_job_on_the_minion(three: LocalCluster) -> None:

@@ -42,7 +42,12 @@ def test_list_accept_reject_delete_and_fingerprints(pki: tuple[Path, KeyStore, d
     unknown = _key(cfg, "-l", "nope")
     assert unknown.returncode == 2 and "unknown key state" in unknown.stderr
     declined = _key(cfg, "-a", "web*", stdin="n\n")
-    assert "Proceed?" in declined.stdout and store.refresh() is False
+    assert "Proceed?" in declined.stdout and store.refresh() is False and declined.returncode == 1
+    unanswered = _key(cfg, "-a", "web*", stdin="")  # no terminal and no -y: nothing done, and it says so
+    assert unanswered.returncode == 1 and "not confirmed (use -y to answer yes)" in unanswered.stderr
+    assert store.refresh() is False
+    pending_delete = _key(cfg, "-d", "db1", stdin="n\n")  # the heading is the key's real state
+    assert pending_delete.stdout.startswith("The following keys are going to be deleted:\nUnaccepted Keys:\ndb1\n")
     assert _key(cfg, "-a", "web*", "-y").stdout.count("accepted.") == 2
     store.refresh()
     assert store.ids(ACCEPTED) == ["web1", "web2"]

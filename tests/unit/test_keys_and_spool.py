@@ -15,7 +15,7 @@ def test_keypair_is_created_once_and_private(tmp_path: Path) -> None:
     assert len(pub) == 40 and len(sec) == 40
     assert ensure_keypair(tmp_path / "pki", "minion") == (pub, sec)
     assert stat.S_IMODE(os.stat(tmp_path / "pki" / "minion.key").st_mode) == 0o600
-    assert len(fingerprint(pub).split(":")) == 16
+    assert len(fingerprint(pub).split(":")) == 32
 
 
 def test_key_states_move_and_lookup(tmp_path: Path) -> None:
