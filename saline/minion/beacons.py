@@ -354,6 +354,7 @@ class Beacons:
         self._raw: dict[str, Any] = {}
         self._active: dict[str, Beacon] = {}
         self._next: dict[str, float] = {}
+        self.changed: Callable[[], None] = lambda: None  # wakes the loop when beacons change
         self.load(config or {})
 
     def load(self, config: Any) -> None:
@@ -391,6 +392,7 @@ class Beacons:
         if beacon is not None:
             self._active[name] = beacon
             self._next[name] = self.clock()
+            self.changed()
 
     # -- changes (the beacons.* module) ------------------------------------------------------------
     def names(self) -> list[str]:
@@ -453,6 +455,7 @@ class Beacons:
     def set_enabled(self, enabled: bool) -> None:
         with self.lock:
             self.enabled = enabled
+        self.changed()
 
     # -- running ---------------------------------------------------------------------------------
     def process(self) -> list[dict[str, Any]]:
@@ -480,10 +483,13 @@ class Beacons:
                     out.append({"tag": tag, "data": data})
         return out
 
-    def sleep_for(self) -> float:
+    def sleep_for(self) -> float | None:
+        """Seconds until a beacon is due; None when none is active (sleep until a change)."""
         now = self.clock()
         with self.lock:
-            waits = [t - now for t in self._next.values()]
+            if not self.enabled or not self._active:
+                return None
+            waits = [t - now for name, t in self._next.items() if name in self._active]
         return max(0.05, min([DEFAULT_INTERVAL, *waits]))
 
     def close(self) -> None:
@@ -540,11 +546,18 @@ class MinionBeacons:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        self.beacons.changed = lambda: loop.call_soon_threadsafe(wake.set)
         try:
             while True:
+                wake.clear()  # before looking: a change made after this still wakes the loop
+                wait = self.beacons.sleep_for()
+                if wait is None:  # no beacon: nothing to do until beacons.add or enable
+                    await wake.wait()
+                    continue
+                await asyncio.sleep(wait)
                 events = await loop.run_in_executor(None, self.beacons.process)
                 for event in events:
                     self.minion._send({"cmd": "_minion_event", "tag": event["tag"], "data": event["data"]})
-                await asyncio.sleep(self.beacons.sleep_for())
         finally:
             self.beacons.close()

@@ -446,11 +446,14 @@ class Schedule:
             if state is not None and state.running > 0:
                 state.running -= 1
 
-    def sleep_for(self, now: float | None = None) -> float:
-        """Seconds until the next fire time, at most MAX_SLEEP."""
+    def sleep_for(self, now: float | None = None) -> float | None:
+        """Seconds until the next fire time, at most MAX_SLEEP; None when no job will fire (the
+        loop then sleeps until a change: a swarm of minions without schedules stays idle)."""
         now = self.clock() if now is None else now
         with self.lock:
             fires = [s.fire for s in self._jobs.values() if s.fire is not None]
+        if not fires:
+            return None
         return max(0.0, min([MAX_SLEEP, *(f - now for f in fires)]))
 
 

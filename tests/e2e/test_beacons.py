@@ -160,10 +160,23 @@ def test_a_minion_cannot_fire_another_minions_beacon_events(env: dict) -> None:
         assert all(r["cmd"] == "refused" and f"salt/beacon/{mid}/" in r["reason"] for r in replies)
         sock.send(encode({"cmd": "_minion_event", "tag": f"salt/beacon/{mid}/custom/", "data": "not a map"}))
         assert sock.poll(10_000) and decode(sock.recv(), 1 << 20)["reason"] == "event data must be a map"
+        # a scheduled return without its job's name is malformed; one naming an unknown returner is
+        # stored all the same (job cache), the unknown returner left out
+        sock.send(encode({"cmd": "_return", "load": {"jid": "20240101000000000001", "fun": "test.ping", "return": True,
+                                                     "schedule_route": {"returner": []}}}))
+        assert sock.poll(10_000) and decode(sock.recv(), 1 << 20) == {
+            "cmd": "refused", "jid": "20240101000000000001", "reason": "malformed return"}
+        sock.send(encode({"cmd": "_return", "load": {"jid": "20240101000000000002", "fun": "test.ping", "return": True,
+                                                     "retcode": 0, "success": True, "schedule": "handmade",
+                                                     "schedule_route": {"returner": ["nosuchreturner"],
+                                                                        "return_job": True}}}))
+        assert sock.poll(10_000) and decode(sock.recv(), 1 << 20) == {"cmd": "ack", "jid": "20240101000000000002"}
     finally:
         sock.close()
         ctx.term()
     assert not events(env, "salt/beacon/someone-else/") and not events(env, "salt/job/20240101000000000000/")
+    stored = cluster.cli("saline-run", "jobs.lookup_jid", "20240101000000000002", "--out", "json")
+    assert json.loads(stored.stdout) == {mid: True}
 
 
 def test_scheduled_returns_on_the_minion_and_the_masters_schedule(env: dict) -> None:
