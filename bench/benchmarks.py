@@ -508,6 +508,13 @@ def bench_latency(smoke: bool, folder: Path) -> Rows:
     return rows
 
 
+# -- 5. saline-api against Salt 3006's salt-api ------------------------------------------------------------
+def bench_api(smoke: bool, folder: Path) -> Rows:
+    from api_bench import bench_api as against_salt  # its own module: it installs Salt's virtualenv
+
+    return against_salt(smoke, folder)
+
+
 ALL: dict[str, Callable[[bool, Path], Rows]] = {
     "cli": bench_cli_and_idle,
     "fanout": bench_fanout,
@@ -516,6 +523,7 @@ ALL: dict[str, Callable[[bool, Path], Rows]] = {
     "returns_mongo": bench_returns_mongo,
     "events": bench_events,
     "latency": bench_latency,
+    "api": bench_api,
 }
 
 __all__ = ["ALL", "statistics"]
