@@ -383,3 +383,31 @@ def test_tls_with_ssl_crt_and_ssl_key(api: Api, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_master_down_is_503(api: Api, tmp_path: Path) -> None:
+    opts = yaml.safe_load((api.cluster.master_dir / "master").read_text())
+    port = free_port()
+    opts["rest_cherrypy"]["port"] = port
+    opts.update(sock_dir=str(tmp_path / "no-master"), cachedir=str(tmp_path / "cache"))
+    (tmp_path / "master").write_text(yaml.safe_dump(opts))
+    proc = subprocess.Popen([sys.executable, "-m", "saline.cli.api", "-c", str(tmp_path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(url + "/login", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        token = requests.post(url + "/login", json={"username": "alice", "password": FILE_USERS["alice"],
+                                                   "eauth": "file"}, timeout=10).json()["return"][0]["token"]
+        r = requests.post(url + "/", json={"client": "local", "tgt": "*", "fun": "test.ping"},
+                          headers={"X-Auth-Token": token}, timeout=10)
+        _error(r, 503, "the master is not running")
+        assert requests.get(url + "/login", timeout=5).json()["return"] == "Please log in"
+    finally:
+        proc.terminate()
+        proc.wait(10)
