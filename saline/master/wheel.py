@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import inspect
+import logging
 import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from saline.jid import gen_jid
+from saline.jid import gen_jid, is_jid
 from saline.transport.keys import ACCEPTED, DENIED, PENDING, REJECTED, STATES, fingerprint
+
+log = logging.getLogger(__name__)
 
 #: a minion heard from (hello or ping) this recently counts as connected; minions ping every
 #: ``ping_interval`` (10 s by default), so this is three missed pings
@@ -83,7 +86,7 @@ async def serve_request(master: Any, request: dict[str, Any]) -> dict[str, Any]:
             return {"cmd": "error", "message": str(exc)}
         return {"cmd": "result", "data": text}
     fun = str(request.get("fun") or "")
-    jid = gen_jid(bool(master.opts.get("unique_jid")))
+    jid = request["jid"] if is_jid(request.get("jid")) else gen_jid(bool(master.opts.get("unique_jid")))
     user = str(request.get("user") or "root")
     client = request.get("client") or "wheel"
     if client == "runner_async":
@@ -91,7 +94,7 @@ async def serve_request(master: Any, request: dict[str, Any]) -> dict[str, Any]:
     if client == "wheel_async":
         if fun not in _FUNCTIONS:
             return {"cmd": "error", "message": f"'{fun}' is not available (wheel functions: {', '.join(names())})"}
-        _spawn(serve_request(master, {**request, "client": "wheel"}))
+        _spawn(serve_request(master, {**request, "client": "wheel", "jid": jid}))
         return {"cmd": "result", "data": {"tag": f"salt/wheel/{jid}", "jid": jid}}
     try:
         ret = call(master, fun, list(request.get("arg") or []), dict(request.get("kwarg") or {}))
@@ -102,7 +105,7 @@ async def serve_request(master: Any, request: dict[str, Any]) -> dict[str, Any]:
         ret, success = f"{fun} failed: {type(exc).__name__}: {exc}", False
     data = {"fun": f"wheel.{fun}", "jid": jid, "user": user, "success": success, "return": ret,
             "_stamp": _now()}
-    master.events.fire(f"salt/wheel/{jid}/ret", data)
+    fire(master, f"salt/wheel/{jid}/ret", data)
     return {"cmd": "result", "data": data}
 
 
@@ -113,7 +116,7 @@ def _runner_async(master: Any, fun: str, request: dict[str, Any], jid: str, user
     if fun not in runner_names():
         return {"cmd": "error", "message": f"'{fun}' is not available (runners: {', '.join(runner_names())})"}
     tag = f"salt/run/{jid}"
-    master.events.fire(f"{tag}/new", {"fun": f"runner.{fun}", "jid": jid, "user": user})
+    fire(master, f"{tag}/new", {"fun": f"runner.{fun}", "jid": jid, "user": user})
 
     async def background() -> None:
         try:
@@ -122,11 +125,22 @@ def _runner_async(master: Any, fun: str, request: dict[str, Any], jid: str, user
             ret, success = str(exc), False
         except Exception as exc:  # reported in the event, as Salt does, rather than lost in a task
             ret, success = f"{fun} failed: {type(exc).__name__}: {exc}", False
-        master.events.fire(f"{tag}/ret", {"fun": f"runner.{fun}", "jid": jid, "user": user, "success": success,
-                                          "return": ret})
+        fire(master, f"{tag}/ret", {"fun": f"runner.{fun}", "jid": jid, "user": user, "success": success,
+                                    "return": ret})
 
     _spawn(background())
     return {"cmd": "result", "data": {"tag": tag, "jid": jid}}
+
+
+def fire(master: Any, tag: str, data: dict[str, Any]) -> None:
+    """An event on the master's bus, and to the ``event_return`` returners, as the master's own are."""
+    from saline.master.outbox import OutboxError
+
+    event = master.events.fire(tag, data)
+    try:
+        master.delivery.submit(master.delivery.items_for_event(event["tag"], event["data"]))
+    except OutboxError as exc:
+        log.error("event %s not queued for event returners: %s", tag, exc)
 
 
 def _now() -> str:
@@ -197,7 +211,7 @@ def _move(master: Any, found: dict[str, list[str]], dst: str, act: str) -> dict[
         for mid in ids:
             if master.keys.move(mid, state, dst):
                 moved.append(mid)
-                master.events.fire("salt/key", {"id": mid, "act": act, "result": True})
+                fire(master, "salt/key", {"id": mid, "act": act, "result": True})
     return {dst: sorted(moved)} if moved else {}
 
 
@@ -209,7 +223,7 @@ def delete(master: Any, match: Any) -> dict[str, list[str]]:
         for mid in ids:
             if master.keys.delete(mid):
                 out.setdefault(state, []).append(mid)
-                master.events.fire("salt/key", {"id": mid, "act": "delete", "result": True})
+                fire(master, "salt/key", {"id": mid, "act": "delete", "result": True})
     return out
 
 

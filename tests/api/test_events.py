@@ -125,3 +125,24 @@ def test_slow_consumer_is_cut_off_and_memory_stays_flat(api: Api) -> None:
     text = received.decode("utf-8", "replace")
     assert text.startswith("HTTP/1.1 200") and "retry: 400" in text
     assert "tag: saline/api/events/closed" in text and "read too slowly" in text
+
+
+def test_async_runner_and_wheel_answer_through_events(api: Api) -> None:
+    token = api.login()
+    stream = requests.get(api.url + "/events", headers={"X-Auth-Token": token}, stream=True, timeout=30)
+    lines = stream.iter_lines(decode_unicode=True)
+    assert next(lines) == "retry: 400"
+    time.sleep(0.3)
+    run = api.post("/", {"client": "runner_async", "fun": "jobs.list_jobs"}, token).json()["return"][0]
+    wheel = api.post("/", {"client": "wheel_async", "fun": "key.list_all"}, token).json()["return"][0]
+    wanted = {f"{run['tag']}/ret", f"{wheel['tag']}/ret"}
+    found: dict[str, Any] = {}
+    for tag, body in _events(lines):
+        if tag in wanted:
+            found[tag] = body["data"]
+            if len(found) == 2:
+                break
+    stream.close()
+    assert found[f"{run['tag']}/ret"]["success"] is True and isinstance(found[f"{run['tag']}/ret"]["return"], dict)
+    assert found[f"{wheel['tag']}/ret"]["jid"] == wheel["jid"]
+    assert found[f"{wheel['tag']}/ret"]["return"]["minions"] == ["db1", "web1"]
