@@ -301,3 +301,68 @@ def test_schedule_module_offline(tmp_path: Path) -> None:
         ret = run(ctx, *args)
         assert ret["success"] is False and ret["retcode"] == 1, ret
         assert message in ret["return"]["comment"] and "\n" not in ret["return"]["comment"]
+
+
+# -- the minion side: running a due job and routing its return --------------------------------------
+
+class Recorder:
+    """The minion the scheduler talks to: a real executor and spool; what it sends is recorded."""
+
+    def __init__(self, tmp: Path, **opts: Any) -> None:
+        import concurrent.futures
+
+        from saline.minion.executor import Executor
+        from saline.minion.spool import Spool
+
+        self.id = "m1"
+        self.opts = {"id": "m1", "cachedir": str(tmp), **opts}
+        self.pool = concurrent.futures.ThreadPoolExecutor(4)
+        self.executor = Executor(self.opts, {"id": "m1"}, load_functions({}), self.pool)
+        self.spool = Spool(tmp / "spool.db")
+        self.sent: list[dict] = []
+        self.local: list[tuple[list[str], dict, dict]] = []
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def _return_locally(self, names: list[str], publish: dict[str, Any], ret: dict[str, Any]) -> None:
+        self.local.append((names, publish, ret))
+
+
+def test_a_fired_job_is_spooled_with_its_route(tmp_path: Path) -> None:
+    import asyncio
+
+    from saline.minion.scheduler import MinionScheduler
+
+    minion = Recorder(tmp_path, schedule_returner=["b", "a"])
+    sched = MinionScheduler(minion)
+    job = normalize("j", {"function": "test.arg", "args": [1], "kwargs": {"k": 2}, "seconds": 5, "returner": "a",
+                          "return_config": "alt", "return_kwargs": {"db": "x"}, "jid_include": False})
+    asyncio.run(sched.fire(job))
+    (message,) = minion.sent
+    load = message["load"]
+    assert load["return"] == {"args": [1], "kwargs": {"k": 2}} and load["success"] is True
+    assert load["schedule"] == "j" and load["fun_args"] == [1, {"k": 2}] and load["ret_config"] == "alt"
+    assert load["schedule_route"] == {"returner": ["a", "b"], "return_job": True, "ret_config": "alt"}
+    assert minion.spool.due("m1", -1)[0][1] == load  # waits in the spool until the master acks
+    assert minion.local == []
+
+
+def test_a_raising_job_and_returners_on_the_minion(tmp_path: Path) -> None:
+    import asyncio
+
+    from saline.minion.scheduler import MinionScheduler
+
+    minion = Recorder(tmp_path, returners_on_minion=True)
+    sched = MinionScheduler(minion)
+    boom = normalize("boom", {"function": "test.exception", "args": ["kaboom"], "seconds": 5, "returner": "sqlite3",
+                              "return_job": False, "return_kwargs": {"database": "/tmp/x.db"}})
+    asyncio.run(sched.fire(boom))
+    assert minion.sent == [] and minion.spool.count("m1") == 0  # return_job False: nothing for the master
+    ((names, publish, ret),) = minion.local
+    assert names == ["sqlite3"] and publish["ret_kwargs"] == {"database": "/tmp/x.db"}
+    assert ret["success"] is False and ret["retcode"] == 1
+    assert "kaboom" in ret["return"] and "Traceback" in ret["return"] and ret["schedule"] == "boom"
+    ping = normalize("ping", {"function": "test.ping", "seconds": 5, "returner": "sqlite3"})
+    asyncio.run(sched.fire(ping))
+    assert minion.sent[0]["load"]["schedule_route"]["returner"] == []  # the master gets it for its job cache only
