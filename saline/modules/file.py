@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import grp
-import hashlib
 import os
 import pwd
 import re
@@ -67,6 +66,8 @@ def _group(gid: int) -> str:
 
 
 def _digest(path: str, form: str, chunk_size: int = 65536) -> str:
+    import hashlib  # here, not at the top: it loads OpenSSL, which an idle minion does without
+
     try:
         hasher = hashlib.new(form)
     except (ValueError, TypeError):
