@@ -267,8 +267,6 @@ class MongoBase(Returner):
             return ReturnerError(self._line(f"{text} (a document of {self.where} holds at most {self._max_size} bytes)"))
         if isinstance(exc, mongo_errors.ConnectionFailure) or code in _TRANSIENT:
             return BackendUnavailable(self._line(f"cannot reach {self.where}: {_reason(text)}"))
-        if isinstance(exc, mongo_errors.ConfigurationError):
-            return ReturnerError(self._line(f"{self.where}: {text}"))
         return ReturnerError(self._line(f"{self.where}: {text}"))
 
     def close(self) -> None:
@@ -281,11 +279,25 @@ class MongoBase(Returner):
     def _encode(self, doc: dict[str, Any], what: Callable[[], str]) -> RawBSONDocument:
         """``doc`` as BSON, with its ``_id``, checked against the server's size limit before anything
         of the batch is sent (so a batch fails whole or not at all for a document too large)."""
-        raw = bson.encode({"_id": bson.ObjectId(), **doc})
+        raw = self._bson({"_id": bson.ObjectId(), **doc}, what)
         if len(raw) > self._max_size:
             raise ReturnerError(self._line(f"{what()} is {len(raw)} bytes as a BSON document, more than "
                                            f"{self.where} takes ({self._max_size})"))
         return RawBSONDocument(raw)
+
+    def _built(self, build: Callable[[Any], T], value: Any, what: Callable[[], str]) -> T:
+        """``build(value)``, or one line when the value is nested deeper than Python recurses."""
+        try:
+            return build(value)
+        except RecursionError:
+            raise ReturnerError(self._line(f"{what()} is nested too deep to be stored")) from None
+
+    def _bson(self, doc: dict[str, Any], what: Callable[[], str]) -> bytes:
+        try:
+            return bson.encode(doc)
+        except (bson.errors.BSONError, OverflowError, ValueError, RecursionError) as exc:
+            # storable() leaves nothing BSON refuses; a value nested too deep still can be
+            raise ReturnerError(self._line(f"{what()} cannot be stored as BSON: {_one_line(exc)[:300]}")) from None
 
     def _insert(self, db: Any, collection: str, docs: list[RawBSONDocument]) -> None:
         """``insert_many(ordered=False)``: every document is tried; one already there (the unique
@@ -329,7 +341,8 @@ class MongoBase(Returner):
             if not ret.get("id") or not ret.get("jid"):
                 raise ReturnerError(self._line(f"a return without '{'id' if not ret.get('id') else 'jid'}' "
                                                "cannot be stored"))
-        docs = [return_document(ret) for ret in rets]
+        docs = [self._built(return_document, ret, lambda r=ret: f"the return of {r.get('id')} for job {r.get('jid')}")
+                for ret in rets]
 
         def write(db: Any) -> None:
             encoded = [(d["jid"], d["minion"], self._encode(d, lambda d=d: f"the return of {d['minion']} for job "
@@ -414,13 +427,15 @@ class MongoReturner(MongoBase):
         for jid, load, _minions in loads:
             jid = _json.text(jid)
             if jid not in first:
-                first[jid] = {**storable(load if isinstance(load, dict) else {"load": load}, escape_key), "jid": jid}
+                body = self._built(lambda v: storable(v, escape_key), load if isinstance(load, dict) else {"load": load},
+                                   lambda jid=jid: f"the load of job {jid}")
+                first[jid] = {**body, "jid": jid}
         if not first:
             return
 
         def write(db: Any) -> None:
             for jid, doc in first.items():
-                size = len(bson.encode(doc))
+                size = len(self._bson(doc, lambda jid=jid: f"the load of job {jid}"))
                 if size > self._max_size:
                     raise ReturnerError(self._line(f"the load of job {jid} is {size} bytes as a BSON document, "
                                                    f"more than {self.where} takes ({self._max_size})"))
@@ -441,8 +456,9 @@ class MongoReturner(MongoBase):
         if not events:
             return
         now = dt.datetime.now(dt.timezone.utc)
-        docs = [{"tag": _json.text(ev.get("tag")), "data": storable(ev.get("data")), "master_id": self.master_id,
-                 "alter_time": now} for ev in events]
+        docs = [{"tag": _json.text(ev.get("tag")),
+                 "data": self._built(storable, ev.get("data"), lambda ev=ev: f"the event {ev.get('tag')}"),
+                 "master_id": self.master_id, "alter_time": now} for ev in events]
 
         def write(db: Any) -> None:
             self._insert(db, EVENTS, [self._encode(d, lambda d=d: f"the event {d['tag']}") for d in docs])

@@ -293,7 +293,7 @@ def test_clean_old_jobs_drops_old_events(mongo_db: dict[str, Any], raw: Any) -> 
     r.close()
 
 
-def test_document_too_large_is_one_line_and_stores_nothing_of_its_batch(mongo_db: dict[str, Any], raw: Any) -> None:
+def test_too_large_or_too_deep_is_one_line_and_stores_nothing_of_its_batch(mongo_db: dict[str, Any], raw: Any) -> None:
     r = create("mongo", opts(mongo_db))
     jid = gen_jid()
     big = "x" * (9 * 1024 * 1024)  # stored twice (return and full_ret): over the 16 MiB of a document
@@ -305,6 +305,12 @@ def test_document_too_large_is_one_line_and_stores_nothing_of_its_batch(mongo_db
     assert raw.saltReturns.count_documents({"jid": jid}) == 0  # the batch is refused whole, before sending
     r.returns([ret(jid, "small", 1)])
     assert raw.saltReturns.count_documents({"jid": jid}) == 1
+    deep: Any = "bottom"
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ReturnerError) as info:
+        r.returns([ret(jid, "deep", deep)])
+    assert str(info.value) == f"returner mongo: the return of deep for job {jid} is nested too deep to be stored"
     r.close()
 
 
