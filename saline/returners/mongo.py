@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import bson
 import pymongo
+from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
 from pymongo import errors as mongo_errors
 from pymongo import uri_parser
@@ -221,6 +222,11 @@ class MongoBase(Returner):
         except mongo_errors.OperationFailure as exc:
             if exc.code != _DUPLICATE and exc.code not in _INDEX_CONFLICT:
                 raise
+            if any(i.get("unique") and list(i.get("key") or []) == RETURN_KEY
+                   for i in returns.index_information().values()):
+                self._unique = True  # there already, under another name
+                self._make_single_indexes(db)
+                return
             # documents written before (Salt's, which never deduplicated) repeat a (jid, minion),
             # or another index holds these keys: duplicates are then found by a lookup instead
             self._unique = False
@@ -229,6 +235,9 @@ class MongoBase(Returner):
                                          "found by a lookup before inserting instead"))
             if exc.code == _DUPLICATE:
                 returns.create_index(RETURN_KEY)  # the same keys, not unique: for that lookup
+        self._make_single_indexes(db)
+
+    def _make_single_indexes(self, db: Any) -> None:
         for collection, field in self._indexes():
             db[collection].create_index(field)
 
@@ -295,7 +304,7 @@ class MongoBase(Returner):
     def _bson(self, doc: dict[str, Any], what: Callable[[], str]) -> bytes:
         try:
             return bson.encode(doc)
-        except (bson.errors.BSONError, OverflowError, ValueError, RecursionError) as exc:
+        except (BSONError, OverflowError, ValueError, RecursionError) as exc:
             # storable() leaves nothing BSON refuses; a value nested too deep still can be
             raise ReturnerError(self._line(f"{what()} cannot be stored as BSON: {_one_line(exc)[:300]}")) from None
 
