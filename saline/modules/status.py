@@ -1,6 +1,8 @@
-"""The ``status`` module: uptime, load, memory and disk figures of the minion (Salt's ``status.*``).
+"""The ``status`` module: uptime, load, memory, disk, CPU, network and process figures of the
+minion (Salt's ``status.*``).
 
-Linux only, read from ``/proc`` and ``os.statvfs`` like Salt does there.
+Linux only, read from ``/proc`` and ``os.statvfs`` like Salt does there; ``procs`` through psutil,
+``w`` from the ``w`` command (without a shell).
 """
 
 from __future__ import annotations
