@@ -112,7 +112,7 @@ def test_scheduled_returns_feed_carbon_mysql_and_the_job_cache(env: dict) -> Non
     assert added.returncode == 0, added.stdout
     # carbon: Salt's metric paths, <fun>.<minion id>.<key>
     assert carbon_value(f"status.loadavg.{mid}.1-min") >= 0.0
-    cluster.wait_for(lambda: len(rows(env, "test.arg")) >= 2, 20, "two test.arg rows in salt_returns")
+    cluster.wait_for(lambda: len(rows(env, "test.arg")) >= 2, 45, "two test.arg rows in salt_returns")
     jid, ret, success, full = rows(env, "test.arg")[0]
     assert ret == {"args": ["one", 2], "kwargs": {"k": "v"}} and success == "1"
     assert full["schedule"] == "args" and full["jid"] == jid and full["id"] == mid and isinstance(full["pid"], int)
@@ -125,13 +125,13 @@ def test_scheduled_returns_feed_carbon_mysql_and_the_job_cache(env: dict) -> Non
     listed = json.loads(cluster.cli("saline-run", "jobs.list_jobs", "search_function=test.arg", "--out", "json").stdout)
     assert jid in listed and listed[jid]["Target"] == mid
     # a job that raises: success False, and the traceback in the return
-    cluster.wait_for(lambda: rows(env, "test.exception"), 20, "the failing job's row")
+    cluster.wait_for(lambda: rows(env, "test.exception"), 45, "the failing job's row")
     _jid, boom, success, _full = rows(env, "test.exception")[0]
     assert success == "0" and "kaboom" in boom and "Traceback" in boom
     # return_job False: not in the job cache
     assert json.loads(cluster.cli("saline-run", "jobs.lookup_jid", _jid, "--out", "json").stdout) == {}
     # cron with a seconds field fires on its seconds (the jid is the run's start, UTC)
-    cluster.wait_for(lambda: len(rows(env, "test.echo", "cron")) >= 2, 20, "two cron rows")
+    cluster.wait_for(lambda: len(rows(env, "test.echo", "cron")) >= 2, 45, "two cron rows")
     for jid, *_ in rows(env, "test.echo", "cron"):
         started = dt.datetime.strptime(jid, "%Y%m%d%H%M%S%f")
         assert (started.second + started.microsecond / 1e6) % 3 < 1.5, jid  # at 0, 3, 6, ... s
@@ -150,17 +150,17 @@ def test_scheduled_returns_feed_carbon_mysql_and_the_job_cache(env: dict) -> Non
 
 def test_master_down_for_a_while_loses_no_scheduled_return(env: dict) -> None:
     cluster, mid = env["cluster"], env["mid"]
-    cluster.wait_for(lambda: len(rows(env, "cmd.run")) >= 2, 20, "the counter job's rows")
+    cluster.wait_for(lambda: len(rows(env, "cmd.run")) >= 2, 45, "the counter job's rows")
     cluster.stop("master")
     time.sleep(10)  # the counter job runs every second meanwhile; its returns wait in the spool
     cluster.start_master()
-    cluster.wait_for(lambda: cluster.cli("saline", mid, "test.ping", "-t", "3").returncode == 0, 20, "the minion back")
+    cluster.wait_for(lambda: cluster.cli("saline", mid, "test.ping", "-t", "3").returncode == 0, 45, "the minion back")
     stopped = cluster.cli("saline", mid, "schedule.disable_job", "counter", "--out", "json")
     assert json.loads(stopped.stdout)[mid]["result"] is True, stopped.stdout
     time.sleep(1.5)  # a run that started just before is finished
     runs = len(env["counter"].read_text().splitlines())
     assert runs >= 12
-    cluster.wait_for(lambda: len(rows(env, "cmd.run")) >= runs, 30, f"{runs} counter rows")
+    cluster.wait_for(lambda: len(rows(env, "cmd.run")) >= runs, 60, f"{runs} counter rows")
     numbers = sorted(int(r[1]) for r in rows(env, "cmd.run"))
     assert numbers == list(range(1, runs + 1))  # every run, once
 
@@ -182,7 +182,7 @@ def test_schedule_add_save_and_a_minion_restart(env: dict) -> None:
     assert conf["schedule"]["nightly"]["cron"] == "30 2 * * *" and conf["schedule"]["counter"]["enabled"] is False
     cluster.stop(mid)
     cluster.start_minion(mid)
-    cluster.wait_for(lambda: cluster.cli("saline", mid, "test.ping", "-t", "3").returncode == 0, 20, "the minion back")
+    cluster.wait_for(lambda: cluster.cli("saline", mid, "test.ping", "-t", "3").returncode == 0, 45, "the minion back")
     listed = json.loads(cluster.cli("saline", mid, "schedule.list", "return_yaml=False", "--out", "json").stdout)[mid]
     assert listed["nightly"]["function"] == "pkg.list_upgrades" and listed["nightly"]["kwargs"] == {"refresh": False}
     assert listed["counter"]["enabled"] is False and set(listed) >= {"load", "args", "cron3", "boom", "at"}
