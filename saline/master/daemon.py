@@ -35,7 +35,7 @@ from saline.jid import gen_jid, is_jid
 from saline.master.admission import PendingGate
 from saline.master.delivery import Delivery
 from saline.master.errors import PublishError
-from saline.master.outbox import Item, Outbox, OutboxError, kwargs_key
+from saline.master.outbox import OutboxError, Record, SqliteOutbox, kwargs_key
 from saline.master.publisher import ACCEPT_HOLD, START_HOLD, Publisher
 from saline.master.scheduled import minion_event, run_schedule, store_scheduled
 from saline.master.state import MasterState
@@ -76,11 +76,13 @@ class Master:
         self.public_key, self.secret_key = ensure_keypair(opts["pki_dir"], "master")
         self.state = MasterState(self.cachedir / "master.db")
         processes = bool(opts.get("returner_processes", True))
-        self.outbox = Outbox(self.cachedir / "outbox.db", shared=processes)
+        self.job_cache = opts.get("master_job_cache") or "saline_cache"
+        served = self._served_cache()
+        # the job cache read in place needs the file open to other connections (the runners')
+        self.outbox = SqliteOutbox(self.cachedir / "outbox.db", shared=processes or served is not None, serves=served)
         self.delivery = Delivery(opts, self.outbox, processes=processes)
         self.events = EventBus()
         self.max_size = int(opts["max_frame_size"])
-        self.job_cache = opts.get("master_job_cache") or "saline_cache"
         self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "id_mismatch": 0, "pending_refused": 0,
                       "untargeted": 0, "duplicates": 0,
                       "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0, "store_failures": 0,
@@ -180,6 +182,18 @@ class Master:
             self.outbox.close()
             self.state.close()
 
+    def _served_cache(self) -> str | None:
+        """``saline_cache`` when it is the job cache and keeps its records in the outbox's own file
+        (its default ``database``): then the outbox keeps them in place, with nothing to deliver."""
+        if self.job_cache != "saline_cache":
+            return None
+        from saline.returners.options import lookup
+
+        custom = lookup(self.opts, "saline_cache.database")
+        if isinstance(custom, str) and Path(custom).resolve() != (self.cachedir / "outbox.db").resolve():
+            return None
+        return "saline_cache"
+
     def _bind(self, kind: int, domain: str, port_option: str) -> zmq.asyncio.Socket:
         endpoint = tcp_endpoint(self.opts["interface"], self.opts[port_option])
         try:
@@ -238,7 +252,7 @@ class Master:
         try:
             routes = self._job_routes(request.get("ret"), request.get("ret_config"), request.get("ret_kwargs"))
             shown = self._masked_load(load, [n for names, _rc, _kw in routes for n in names])
-            items: list[Item] = []
+            items: list[Record] = []
             for names, ret_config, ret_kwargs in routes:  # also checks each returner's options
                 items += self.delivery.items_for_load(names, jid, shown, minions, ret_config, ret_kwargs)
             items += self._event_items(self.events.fire(job_new_tag(jid), {**shown, "minions": minions}))
@@ -380,20 +394,25 @@ class Master:
         except zmq.ZMQError:
             log.debug("could not reply to a minion (gone, or its queue is full)")
 
-    def _job_routes(self, ret: Any, ret_config: str | None = None, ret_kwargs: Any = None) -> Routes:
-        """Where a job's load and returns go, and with which options: the job cache,
-        ``ext_job_cache`` and ``return:`` with their own options; the job's ``--return``
+    def _job_routes(self, ret: Any, ret_config: str | None = None, ret_kwargs: Any = None,
+                    returns: bool = False) -> Routes:
+        """Where a job's load and (``returns``) its returns go, and with which options: the job
+        cache, ``ext_job_cache`` and ``return:`` with their own options; the job's ``--return``
         returners with its ``--return_config``/``--return_kwargs`` (Salt's #43451: those never
-        reach the job cache, and every write of a ``--return`` returner uses them)."""
+        reach the job cache, and every write of a ``--return`` returner uses them). With Salt's
+        ``job_cache: False`` the job cache keeps loads but not returns."""
         key = (ret if isinstance(ret, (str, type(None))) else ",".join(returner_names(ret)),
-               ret_config or "", kwargs_key(ret_kwargs) if isinstance(ret_kwargs, dict) else str(ret_kwargs or ""))
+               ret_config or "", kwargs_key(ret_kwargs) if isinstance(ret_kwargs, dict) else str(ret_kwargs or ""),
+               returns)
         found = self._routes.get(key)
         if found is None:
-            found = self._routes[key] = self._make_routes(ret, ret_config, ret_kwargs)
+            found = self._routes[key] = self._make_routes(ret, ret_config, ret_kwargs, returns)
         return found
 
-    def _make_routes(self, ret: Any, ret_config: str | None, ret_kwargs: Any) -> Routes:
+    def _make_routes(self, ret: Any, ret_config: str | None, ret_kwargs: Any, returns: bool) -> Routes:
         own = [self.job_cache, *returner_names(self.opts.get("ext_job_cache"))]
+        if returns and not self.opts.get("job_cache", True):
+            own = own[1:]
         configured = returner_names(self.opts.get("return"))
         named = [] if self.opts.get("returners_on_minion") else returner_names(ret)
         if not ret_config and not ret_kwargs:
@@ -404,7 +423,7 @@ class Master:
             routes.append((named, ret_config or None, ret_kwargs or None))
         return routes
 
-    def _event_items(self, event: dict[str, Any]) -> list[Item]:
+    def _event_items(self, event: dict[str, Any]) -> list[Record]:
         return self.delivery.items_for_event(event["tag"], event["data"])
 
     # -- the return socket -----------------------------------------------------------------------
@@ -573,7 +592,7 @@ class Master:
         replies: list[tuple[bytes, Any]] = []
         acks: list[tuple[bytes, bytes]] = []
         ack_of: dict[str, bytes] = {}  # a group holds many returns of the same few jobs: encode each ack once
-        items: list[Item] = []
+        items: list[Record] = []
         fresh: list[tuple[str, str, int]] = []
         to_fire: list[tuple[str, dict[str, Any]]] = []
         seen: set[tuple[str, str]] = set()
@@ -599,12 +618,9 @@ class Master:
             job_load = self.state.job_load(jid) or {}  # in memory for recent jobs
             kwargs = job_load.get("kwargs") or {}
             ret = {"cmd": "_return", **load, "_stamp": received}
-            skip_cache = not self.opts.get("job_cache", True)  # Salt's job_cache: False keeps loads, not returns
-            for names, ret_config, ret_kwargs in self._job_routes(job_load.get("ret"), kwargs.get("ret_config"),
-                                                                  kwargs.get("ret_kwargs")):
-                if skip_cache and ret_config is None and ret_kwargs is None:
-                    names = [n for n in names if n != self.job_cache]
-                items += self.delivery.items_for_return(names, ret, ret_config, ret_kwargs)
+            routes = self._job_routes(job_load.get("ret"), kwargs.get("ret_config"), kwargs.get("ret_kwargs"),
+                                      returns=True)
+            items += self.delivery.records_for_return(routes, ret)
             items += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)
             to_fire.append((job_ret_tag(jid, mid), ret))
             fresh.append((jid, mid, _retcode(load.get("retcode"))))
@@ -663,12 +679,20 @@ class Master:
                 await asyncio.get_running_loop().run_in_executor(None, self.clean_old_jobs)
 
     def clean_old_jobs(self) -> None:
+        """What every returner has delivered leaves the outbox; jobs older than ``keep_jobs`` leave
+        the master's state and the job cache."""
         keep = int(self.opts.get("keep_jobs_seconds") or 0)
+        try:
+            self.outbox.prune(keep)
+        except OutboxError as exc:
+            log.warning("pruning the outbox failed: %s", exc)
         if keep <= 0:
             return
         from saline.returners import registry
 
         self.state.forget_before(time.time() - keep)
+        if self.outbox.serves == self.job_cache:
+            return  # the job cache is the outbox's own file: pruned above
         try:
             cache = registry.create(self.job_cache, self.opts)
             try:

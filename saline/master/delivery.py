@@ -1,8 +1,9 @@
-"""Delivery: one worker thread per returner, draining the outbox in batches, with retries.
+"""Delivery: one worker per returner, draining the outbox in batches, with retries.
 
-The master turns each return, job load and event into :class:`~saline.master.outbox.Item` s
-(``items_for_return``, ``items_for_load``, ``items_for_event``) and hands them to ``submit``, which
-stores them durably and wakes the workers concerned. A worker:
+The master turns each return, job load and event into one :class:`~saline.master.outbox.Record`
+with its route, the returners it goes to (``records_for_return``, ``items_for_return``,
+``items_for_load``, ``items_for_event``), and hands them to ``submit``, which stores them durably
+(once each, :mod:`saline.master.outbox`) and wakes the workers concerned. A worker:
 
 1. takes up to ``returner_batch_size`` due items, oldest first. When fewer are there, it waits for
    more, but never past ``returner_batch_wait_ms`` after the oldest of them was stored, so a lone
@@ -11,7 +12,8 @@ stores them durably and wakes the workers concerned. A worker:
    ``save_loads``, ``event_returns``; ``save_minions`` item by item) on a returner instance made by
    ``registry.create`` and kept per (``ret_config``, ``ret_kwargs``): one pooled connection each,
    closed after ``IDLE_CLOSE_SECONDS`` unused;
-3. acks what was stored. What failed is retried after an exponential backoff with full jitter
+3. settles the batch in one step (:meth:`~saline.master.outbox.Outbox.settle`): what was stored
+   moves its cursor on; what failed is retried after an exponential backoff with full jitter
    (a random delay in [0, min(0.2 s * 2**attempts, ``returner_retry_max_seconds``)]); when nothing
    in the batch got through, the worker itself pauses that long, so a dead backend is not hammered
    with every queued item. A batch that fails with anything but :class:`BackendUnavailable` is
@@ -50,7 +52,7 @@ from typing import Any, Mapping, Sequence
 
 from saline.config import ConfigError, returner_names
 from saline.master.metrics import BatchFigures
-from saline.master.outbox import Item, Outbox, OutboxError, Row, kwargs_key
+from saline.master.outbox import Burial, Outbox, OutboxError, Record, Retry, Route, Row, kwargs_key
 from saline.master.returner_process import RemoteWorker
 from saline.returners import registry
 from saline.returners.base import BackendUnavailable, Returner
@@ -117,6 +119,8 @@ class Delivery:
         self._workers: dict[str, _Worker] = {}
         self._classes: dict[str, type[Returner]] = {}
         self._support: dict[tuple[str, str], bool] = {}
+        self._routes: dict[Any, list[Route]] = {}
+        self._stored_in_place = 0  # records the outbox keeps as the job cache (nothing to deliver)
         self._checked: set[tuple[str, str, str]] = set()
         self._started = False
         self._flushing = 0
@@ -126,6 +130,7 @@ class Delivery:
             if not self._class(name).supports("event_returns"):
                 raise ConfigError(f"option 'event_return': returner {name} has no event_return")
             self.event_names.append(name)
+        self._event_route: Route = tuple((n, None, None) for n in self.event_names)
 
     # -- what to send where -------------------------------------------------------------------
     def _class(self, name: str) -> type[Returner]:
@@ -142,31 +147,59 @@ class Delivery:
             found = self._support[key] = self._class(name).supports(method)
         return found
 
+    def _route(self, method: str, parts: Sequence[tuple[Sequence[str], str | None, Any]]) -> list[Route]:
+        """The routes for (names, ret_config, ret_kwargs) parts: the returners that have ``method``,
+        each once per route (a returner named twice with other options gets a second route).
+        Remembered: the master builds the same few routes for every return."""
+        key = (method, tuple((tuple(names), rc or "", kwargs_key(kw) if isinstance(kw, Mapping) else str(kw or ""))
+                             for names, rc, kw in parts))
+        found = self._routes.get(key)
+        if found is None:
+            routes: list[list[tuple[str, str | None, Any]]] = []
+            for names, rc, kw in parts:
+                kwargs = _kwargs(kw)
+                for name in names:
+                    if not self._supports(name, method):
+                        continue
+                    for route in routes:  # the first route that does not have this returner yet
+                        if all(entry[0] != name for entry in route):
+                            route.append((name, rc or None, kwargs))
+                            break
+                    else:
+                        routes.append([(name, rc or None, kwargs)])
+            found = self._routes[key] = [tuple(r) for r in routes] or [()]
+        return found
+
+    def records_for_return(self, parts: Sequence[tuple[Sequence[str], str | None, Any]], ret: dict) -> list[Record]:
+        """The record(s) of one return for the job's routes ``[(names, ret_config, ret_kwargs)]``:
+        one record, stored once for every returner (a second only when a returner is named twice
+        with other options). ConfigError for an unknown returner."""
+        jid, mid, fun = ret.get("jid"), ret.get("id"), ret.get("fun")
+        routes = self._route("returns", parts)
+        out = [Record("ret", ret, routes[0], jid, mid, fun if isinstance(fun, str) else None)]
+        out += [Record("ret", ret, route, jid, mid, None) for route in routes[1:]]
+        return out
+
     def items_for_return(self, names: list[str], ret: dict, ret_config: str | None = None,
-                         ret_kwargs: Mapping[str, Any] | str | None = None) -> list[Item]:
-        """One ``ret`` item per named returner that stores returns; ConfigError for an unknown name."""
-        kwargs = _kwargs(ret_kwargs)
-        return [Item(n, "ret", ret, ret_config or None, kwargs) for n in names if self._supports(n, "returns")]
+                         ret_kwargs: Mapping[str, Any] | str | None = None) -> list[Record]:
+        """The record of a return for the named returners (with these options)."""
+        return self.records_for_return([(names, ret_config, ret_kwargs)], ret)
 
     def items_for_load(self, names: list[str], jid: str, load: dict, minions: list[str] | None,
-                       ret_config: str | None = None, ret_kwargs: Mapping[str, Any] | str | None = None) -> list[Item]:
-        """One ``load`` item per named returner that stores loads. Called at publish time, it also
-        resolves each returner's options (once per combination), so an unknown returner, a missing
-        driver or a bad ``--return_kwargs`` is a ConfigError for the CLI, not a retry loop later."""
+                       ret_config: str | None = None, ret_kwargs: Mapping[str, Any] | str | None = None) -> list[Record]:
+        """The record of a job's load for the named returners that store loads. Called at publish
+        time, it also resolves each returner's options (once per combination), so an unknown
+        returner, a missing driver or a bad ``--return_kwargs`` is a ConfigError for the CLI, not a
+        retry loop later."""
         kwargs = _kwargs(ret_kwargs)
         for name in names:
             self.validate(name, ret_config, kwargs)
         payload = {"jid": jid, "load": load, "minions": minions}
-        return [Item(n, "load", payload, ret_config or None, kwargs) for n in names if self._class(n).supports("save_loads")]
+        return [Record("load", payload, route, jid) for route in self._route("save_loads", [(names, ret_config, kwargs)])
+                if route]
 
-    def items_for_minions(self, names: list[str], jid: str, minions: list[str],
-                          syndic_id: str | None = None) -> list[Item]:
-        """One ``minions`` item per named returner that keeps the expected minions of a job."""
-        payload = {"jid": jid, "minions": minions, "syndic_id": syndic_id}
-        return [Item(n, "minions", payload) for n in names if self._class(n).supports("save_minions")]
-
-    def items_for_event(self, tag: str, data: dict) -> list[Item]:
-        """One ``event`` item per ``event_return`` returner, when the tag passes
+    def items_for_event(self, tag: str, data: dict) -> list[Record]:
+        """The record of an event for the ``event_return`` returners, when the tag passes
         ``event_return_whitelist`` (if set) and not ``event_return_blacklist`` (fnmatch globs)."""
         if not self.event_names:
             return []
@@ -174,8 +207,7 @@ class Delivery:
             return []
         if any(fnmatch.fnmatch(tag, g) for g in self.blacklist):
             return []
-        payload = {"tag": tag, "data": data}
-        return [Item(n, "event", payload) for n in self.event_names]
+        return [Record("event", {"tag": tag, "data": data}, self._event_route, None, tag)]
 
     def validate(self, name: str, ret_config: str | None = None, ret_kwargs: dict | None = None) -> None:
         """Raise ConfigError when ``name`` with these options cannot be created."""
@@ -241,18 +273,25 @@ class Delivery:
                 log.warning("returner %s: worker still busy after %.0f s; its unacked items stay in the outbox",
                             w.returner, timeout)
 
-    def submit(self, items: Sequence[Item]) -> None:
-        """Store ``items`` durably (OutboxError when that fails) and wake their workers."""
-        if not items:
+    def submit(self, records: Sequence[Record]) -> None:
+        """Store ``records`` durably (OutboxError when that fails) and wake their workers."""
+        if not records:
             return
-        self.outbox.put(items)
+        self.outbox.put(records)
+        served = self.outbox.serves
+        per: dict[str, list[int]] = {}
+        for rec in records:
+            not_event = rec.kind != "event"
+            for name, _rc, _kw in rec.route:
+                counts = per.get(name)
+                if counts is None:
+                    counts = per[name] = [0, 0]
+                counts[0] += 1
+                counts[1] += not_event
+        if served is not None and served in per:
+            self._stored_in_place += per.pop(served)[0]
         if not self._started:
             return
-        per: dict[str, list[int]] = {}
-        for it in items:
-            counts = per.setdefault(it.returner, [0, 0])
-            counts[0] += 1
-            counts[1] += it.kind != "event"
         for name, (n, not_events) in per.items():
             self._worker(name).wake(n, not_events)
 
@@ -330,9 +369,20 @@ class Delivery:
             workers = dict(self._workers)
         figures = {name: w.figures() for name, w in workers.items()}
         names = set(counts) | set(workers) | set(self.event_names) | set(returner_names(self.opts.get("return")))
+        served = self.outbox.serves
+        if served is not None:
+            names.add(served)
         now = time.time()
         out: dict[str, dict] = {}
         for name in sorted(names):
+            if name == served and name not in counts:
+                # the outbox's own file is this returner's store: each record is kept there as it
+                # is stored, so nothing waits for it
+                out[name] = {"delivered": self._stored_in_place, "pending": 0, "retrying": 0, "dead": 0, "buried": 0,
+                             "last_error": None, "last_error_time": None, "last_success_time": None,
+                             "throughput": 0.0, "oldest_pending_age_s": 0.0, "backoff_s": 0.0,
+                             "stored_in_place": True, "options": self._shown_options(name, [])}
+                continue
             c = counts.get(name, {})
             throughput, paused_until = figures.get(name, (0.0, 0.0))
             secrets = self._secrets(name, None, None)
@@ -537,14 +587,14 @@ class _Worker(threading.Thread):
             ok.extend(good)
             failed.extend(_Failure(part, exc, slot.secrets, isinstance(exc, _UNAVAILABLE)) for part, exc in bad)
         self.batches.observe(len(rows), time.monotonic() - began, sum(len(f.rows) for f in failed))
+        retries, burials = self._failed(failed, total=len(rows), any_ok=bool(ok)) if failed else ([], [])
+        # one step for the whole batch: delivered, to retry, dead (and what was not tried stays)
+        self.d.outbox.settle(self.returner, rows, [r.seq for r in ok], retries, burials)
         if ok:
-            self.d.outbox.done(self.returner, [r.seq for r in ok])
             self.recent.append((time.time(), len(ok)))
             while self.recent and time.time() - self.recent[0][0] > THROUGHPUT_WINDOW:
                 self.recent.popleft()
-        if failed:
-            self._failed(failed, total=len(rows), any_ok=bool(ok))
-        else:
+        if not failed:
             self.paused_until = 0.0
 
     def _slot(self, row: Row) -> _Slot:
@@ -609,28 +659,31 @@ class _Worker(threading.Thread):
         except Exception as exc:
             log.debug("returner %s: close failed: %s", self.returner, _one_line(exc))
 
-    def _failed(self, failed: list["_Failure"], total: int, any_ok: bool) -> None:
-        """Retry (or bury) what failed, log one line, and pause the worker when the backend as a
-        whole refused: unreachable, not creatable, or every one of several items failed. A lone
-        item failing alone is its own business (its next_try): it must not hold the others back."""
+    def _failed(self, failed: list["_Failure"], total: int, any_ok: bool) -> tuple[list[Retry], list[Burial]]:
+        """What to retry (or bury) of what failed, with one log line; pause the worker when the
+        backend as a whole refused: unreachable, not creatable, or every one of several items
+        failed. A lone item failing alone is its own business (its next_try): it must not hold
+        the others back."""
         now = time.time()
         d = self.d
         longest = 0.0
         buried = 0
+        retries: list[Retry] = []
+        burials: list[Burial] = []
         messages = [scrub(_one_line(f.error), f.secrets) for f in failed]
         for f, msg in zip(failed, messages):
             dead = [r for r in f.rows if r.first_failure is not None and now - r.first_failure >= d.dead_after]
             gone = {r.seq for r in dead}
             live = [r for r in f.rows if r.seq not in gone]
             if dead:
-                d.outbox.bury(self.returner, [r.seq for r in dead], msg)
+                burials.append(Burial([r.seq for r in dead], msg))
                 buried += len(dead)
                 log.error("returner %s: %d item(s) moved to dead letters after failing for %.0f s "
                           "(replay with returners.replay): %s", self.returner, len(dead),
                           now - min(r.first_failure or now for r in dead), msg)
             if live:
                 delay = backoff(max(r.attempts for r in live), d.retry_max)
-                d.outbox.retry(self.returner, [r.seq for r in live], msg, delay)
+                retries.append(Retry([r.seq for r in live], msg, delay))
                 longest = max(longest, delay)
         n_failed = sum(len(f.rows) for f in failed)
         if not any_ok and (n_failed > 1 or any(f.systemic for f in failed)):
@@ -643,6 +696,7 @@ class _Worker(threading.Thread):
         if log.isEnabledFor(logging.DEBUG):
             trace = "".join(traceback.format_exception(failed[0].error))
             log.debug("returner %s: traceback of the first failure:\n%s", self.returner, scrub(trace, failed[0].secrets))
+        return retries, burials
 
     def _close_slots(self, everything: bool = False) -> None:
         now = time.monotonic()

@@ -258,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     init = msgpack.unpackb(sys.stdin.buffer.read(), strict_map_key=False)
     _apply_logging(init.get("logging") or {})
     from saline.master.delivery import Delivery
-    from saline.master.outbox import Outbox, OutboxError
+    from saline.master.outbox import OutboxError, SqliteOutbox
 
     sock = socket.socket(fileno=fd)
     lock = _one_consumer(init["outbox"], returner)
     try:
-        outbox = Outbox(Path(init["outbox"]), shared=True, guard=False)
+        outbox = SqliteOutbox(Path(init["outbox"]), shared=True, guard=False)
     except OutboxError as exc:
         log.error("returner %s: %s", returner, exc)
         return 1

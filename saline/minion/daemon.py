@@ -445,9 +445,9 @@ class Minion:
         try:
             if self.delivery is None:
                 from saline.master.delivery import Delivery
-                from saline.master.outbox import Outbox
+                from saline.master.outbox import SqliteOutbox
 
-                self.delivery = Delivery(self.opts, Outbox(Path(self.opts["cachedir"]) / "outbox.db"))
+                self.delivery = Delivery(self.opts, SqliteOutbox(Path(self.opts["cachedir"]) / "outbox.db"))
                 self.delivery.start()
             items = self.delivery.items_for_return(names, ret, publish.get("ret_config"), publish.get("ret_kwargs"))
             self.delivery.submit(items)

@@ -516,14 +516,14 @@ def test_outage_through_the_outbox_loses_nothing(env: Env) -> None:
     """The backend is unavailable while returns come in, then it is back: through the outbox and
     the delivery workers every return arrives, once."""
     from saline.master.delivery import Delivery
-    from saline.master.outbox import Outbox
+    from saline.master.outbox import SqliteOutbox
 
     env.make()  # the good backend's schema, for after the outage
     name = env.case.name
     jid = gen_jid()
     rets = [make_ret(jid, f"out{i:02d}", f"value {i}") for i in range(50)]
     fast = {"returner_retry_max_seconds": 0.2, "returner_batch_wait_ms": 5}
-    outbox = Outbox(env.tmp_path / "outage" / "outbox.db")
+    outbox = SqliteOutbox(env.tmp_path / "outage" / "outbox.db")
     try:
         if env.case.unreachable is not None:
             down = Delivery({**env.opts, **env.bad(), **fast}, outbox)

@@ -17,7 +17,7 @@ import pytest
 
 from saline.config import ConfigError
 from saline.master.delivery import Delivery
-from saline.master.outbox import Item, Outbox
+from saline.master.outbox import Outbox, Record, SqliteOutbox
 from saline.returners import registry
 from tests.helpers import make_ret, probe_dir, probe_query, wait_for
 from tests.helpers.tcpproxy import TcpProxy
@@ -74,7 +74,7 @@ class Running:
         self.made: list[tuple[Delivery, Outbox]] = []
 
     def __call__(self, opts: dict[str, Any], start: bool = True) -> Delivery:
-        outbox = Outbox(Path(opts["cachedir"]) / "outbox.db")
+        outbox = SqliteOutbox(Path(opts["cachedir"]) / "outbox.db")
         d = Delivery(opts, outbox)
         if start:
             d.start()
@@ -115,8 +115,8 @@ def rows_in(db: dict[str, Any]) -> tuple[int, int]:
 
 
 def returns(d: Delivery, name: str, n: int, jid: str = "20240105123456123456", prefix: str = "m",
-            **kw: Any) -> list[Item]:
-    items: list[Item] = []
+            **kw: Any) -> list[Record]:
+    items: list[Record] = []
     for i in range(n):
         items += d.items_for_return([name], make_ret(jid, f"{prefix}{i}"), **kw)
     return items
@@ -255,7 +255,7 @@ def test_poison_return_is_isolated_then_buried(mysql_opts: dict[str, Any], mysql
     d = running({**mysql_opts, "returner_dead_after_seconds": 2, "returner_retry_max_seconds": 0.3})
     items = returns(d, "mysql", 200)
     poison = make_ret("9" * 300, "m57")  # jid longer than varchar(255): MariaDB refuses the row
-    items[57] = Item("mysql", "ret", poison)
+    items[57] = d.items_for_return(["mysql"], poison)[0]
     begin = time.monotonic()
     with caplog.at_level(logging.WARNING, logger=LOG):
         d.submit(items)
@@ -276,7 +276,7 @@ def test_poison_return_is_isolated_then_buried(mysql_opts: dict[str, Any], mysql
 
 def test_a_poison_item_retrying_alone_does_not_delay_newcomers(opts: dict[str, Any], running: Running) -> None:
     d = running({**opts, "returner_retry_max_seconds": 5, "returner_batch_wait_ms": 20})
-    d.submit([Item("probe", "ret", make_ret("20240105123456123456", "bad", poison=True))])
+    d.submit(d.items_for_return(["probe"], make_ret("20240105123456123456", "bad", poison=True)))
     for round_ in range(4):  # the poison keeps failing, its backoff growing towards 5 s
         assert wait_for(lambda: (d.outbox.dead_letters("probe") or d.outbox.counts()["probe"]["retrying"]), 5)
         begin = time.monotonic()
@@ -357,34 +357,34 @@ def test_items_for_each_kind(opts: dict[str, Any], running: Running) -> None:
     d = running({**opts, "event_return": ["probe"], "event_return_whitelist": ["salt/job/*", "salt/auth"],
                  "event_return_blacklist": ["salt/job/*/new"]})
     ret = make_ret("20240105123456123456", "m1")
-    assert [i.returner for i in d.items_for_return(["probe", "local", "sqlite3"], ret)] == ["probe", "local", "sqlite3"]
+    [record] = d.items_for_return(["probe", "local", "sqlite3"], ret)
+    assert [name for name, _rc, _kw in record.route] == ["probe", "local", "sqlite3"]
+    assert (record.kind, record.jid, record.mid, record.fun, record.payload) == ("ret", ret["jid"], "m1", "test.ping", ret)
     with pytest.raises(ConfigError, match="unknown returner 'nosuch'"):
         d.items_for_return(["probe", "nosuch"], ret)
     load = {"jid": "20240105123456123456", "fun": "test.ping", "arg": [], "tgt": "*", "tgt_type": "glob"}
     loads = d.items_for_load(["probe", "local", "sqlite3"], load["jid"], load, ["m1"])
-    assert [(i.returner, i.kind) for i in loads] == [("probe", "load"), ("sqlite3", "load")]  # local keeps no loads
+    assert [([n for n, _rc, _kw in i.route], i.kind) for i in loads] == [(["probe", "sqlite3"], "load")]  # local keeps none
     assert loads[0].payload == {"jid": load["jid"], "load": load, "minions": ["m1"]}
     with pytest.raises(ConfigError, match="unknown option 'nope'"):
         d.items_for_load(["probe"], load["jid"], load, ["m1"], ret_kwargs={"nope": 1})
     with pytest.raises(ConfigError, match="unknown returner"):
         d.items_for_load(["nosuch"], load["jid"], load, ["m1"])
-    assert [i.returner for i in d.items_for_minions(["probe", "sqlite3"], load["jid"], ["m1"])] == ["probe"]
     assert d.items_for_event("salt/job/20240105123456123456/ret/m1", ret)[0].payload["tag"].endswith("/ret/m1")
     assert d.items_for_event("salt/job/20240105123456123456/new", load) == []  # blacklisted
     assert d.items_for_event("salt/minion/m1/start", {}) == []  # not whitelisted
     assert len(d.items_for_event("salt/auth", {"id": "m1"})) == 1
-    d.submit(loads[:1] + d.items_for_minions(["probe"], load["jid"], ["m1", "m2"])
+    d.submit(d.items_for_load(["probe"], load["jid"], load, ["m1", "m2"])
              + d.items_for_event("salt/auth", {"id": "m1"}) + d.items_for_return(["probe"], ret))
     assert d.flush(10)
     path = opts["probe.path"]
     assert probe_query(path, "SELECT jid FROM loads") == [(load["jid"],)]
-    assert probe_query(path, "SELECT minions FROM minions") == [("m1,m2",)]
     assert probe_query(path, "SELECT tag FROM events") == [("salt/auth",)]
     assert probe_query(path, "SELECT id FROM rets") == [("m1",)]
 
 
 def test_event_return_must_name_an_event_returner(opts: dict[str, Any]) -> None:
-    outbox = Outbox(Path(opts["cachedir"]) / "outbox.db")
+    outbox = SqliteOutbox(Path(opts["cachedir"]) / "outbox.db")
     try:
         with pytest.raises(ConfigError, match="unknown returner 'nosuch'"):
             Delivery({**opts, "event_return": "nosuch"}, outbox)
@@ -491,7 +491,7 @@ def test_return_kwargs_given_as_json_text(opts: dict[str, Any], running: Running
     other = tmp_path / "kw.db"
     items = d.items_for_return(["probe"], make_ret("20240105123456123456", "m1"),
                                ret_kwargs=json.dumps({"path": str(other)}))
-    assert items[0].ret_kwargs == {"path": str(other)}
+    assert items[0].route == (("probe", None, {"path": str(other)}),)
     d.submit(items)
     assert d.flush(10) and probe_query(other, "SELECT id FROM rets") == [("m1",)]
     with pytest.raises(ConfigError, match="not valid JSON"):

@@ -1,4 +1,9 @@
-"""The outbox: a real SQLite file, real processes killed with SIGKILL, real unwritable folders."""
+"""The outbox seam (:mod:`saline.master.outbox`): one record per return, a cursor per returner.
+
+The first part is the seam's contract, run against every implementation (``outbox`` fixture);
+the rest is what is special to the SQLite file: a real file, real processes killed with SIGKILL,
+real unwritable folders, the job cache kept in place.
+"""
 
 from __future__ import annotations
 
@@ -6,79 +11,107 @@ import ctypes
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
-from saline.master.outbox import Item, Outbox, OutboxError
+from saline.master.outbox import Burial, Outbox, OutboxError, Record, Retry, SqliteOutbox
 from tests.helpers import make_ret
 
 ROOT = Path(__file__).resolve().parents[2]
+MYSQL = (("mysql", None, None),)
+REDIS = (("redis", None, None),)
+JID = "20240101000000000000"
 
 
 @pytest.fixture
-def outbox(tmp_path: Path):
-    box = Outbox(tmp_path / "cache" / "outbox.db")
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = SqliteOutbox(tmp_path / "cache" / "outbox.db")
     yield box
     box.close()
 
 
-def rets(n: int, start: int = 0, returner: str = "mysql") -> list[Item]:
-    return [Item(returner, "ret", make_ret(f"2024010100000000{i:04d}", f"m{i}")) for i in range(start, start + n)]
+def rets(n: int, start: int = 0, route: Any = MYSQL, jid: str | None = None) -> list[Record]:
+    out = []
+    for i in range(start, start + n):
+        j = jid or f"2024010100000000{i:04d}"
+        out.append(Record("ret", make_ret(j, f"m{i}"), route, j, f"m{i}", "test.ping"))
+    return out
 
 
-def test_put_take_done_oldest_first_per_returner(outbox: Outbox) -> None:
-    outbox.put(rets(5))
-    outbox.put([Item("redis", "event", {"tag": "salt/auth", "data": {"id": "m1"}}),
-                Item("mysql", "load", {"jid": "j1", "load": {"fun": "test.ping", "arg": [1, {"k": b"\x00"}]},
-                                       "minions": ["m1"]}, "alt", {"db": "other", "port": 3307})])
+def done(box: Outbox, returner: str, rows: list) -> None:
+    box.settle(returner, rows, [r.seq for r in rows])
+
+
+# -- the seam's contract ------------------------------------------------------------------------
+def test_one_record_many_returners_each_with_its_cursor(outbox: Outbox) -> None:
+    both = (("mysql", None, None), ("redis", "alt", {"db": 3}))
+    outbox.put(rets(5, route=both))
+    outbox.put([Record("event", {"tag": "salt/auth", "data": {"id": "m1"}}, REDIS, None, "salt/auth"),
+                Record("load", {"jid": "j1", "load": {"fun": "test.ping", "arg": [1, {"k": b"\x00"}]},
+                                "minions": ["m1"]}, (("mysql", "alt", {"db": "other", "port": 3307}),), "j1")])
     first = outbox.take("mysql", 3)
     assert [r.payload["id"] for r in first] == ["m0", "m1", "m2"]
     assert [r.seq for r in first] == sorted(r.seq for r in first)
-    # taken items stay stored until acked: a second take sees them again (one consumer per returner)
+    # taken rows stay stored until settled: a new batch sees them again (one consumer per returner)
     assert [r.seq for r in outbox.take("mysql", 3)] == [r.seq for r in first]
-    outbox.done("mysql", [r.seq for r in first])
+    again = outbox.take("mysql", 3)
+    done(outbox, "mysql", again)
     rest = outbox.take("mysql", 100)
     assert [r.kind for r in rest] == ["ret", "ret", "load"]
     load = rest[-1]
     assert load.payload == {"jid": "j1", "load": {"fun": "test.ping", "arg": [1, {"k": b"\x00"}]}, "minions": ["m1"]}
-    assert (load.ret_config, load.ret_kwargs, load.attempts, load.first_failure) == ("alt", {"db": "other", "port": 3307}, 0, None)
-    assert [r.payload["tag"] for r in outbox.take("redis", 10)] == ["salt/auth"]
+    assert (load.ret_config, load.ret_kwargs, load.attempts, load.first_failure) == \
+        ("alt", {"db": "other", "port": 3307}, 0, None)
+    # redis reads the same records with its own options, and the event only it gets
+    taken = outbox.take("redis", 10)
+    assert [(r.kind, r.ret_config, r.ret_kwargs) for r in taken] == [("ret", "alt", {"db": 3})] * 5 + [("event", None, None)]
     counts = outbox.counts()
     assert counts["mysql"]["delivered"] == 3 and counts["mysql"]["pending"] == 3
-    assert counts["redis"]["pending"] == 1 and counts["redis"]["delivered"] == 0
+    assert counts["redis"]["pending"] == 6 and counts["redis"]["delivered"] == 0
     assert counts["mysql"]["last_success_time"] is not None
-    # acking a seq twice, or another returner's seq, counts nothing
-    outbox.done("mysql", [first[0].seq])
-    outbox.done("redis", [rest[0].seq])
-    assert outbox.counts()["mysql"]["delivered"] == 3
-    assert len(outbox.take("mysql", 100)) == 3
+    assert outbox.has_pending("mysql") and outbox.next_due("mysql") <= time.time()
+    done(outbox, "mysql", outbox.take("mysql", 100))
+    assert not outbox.has_pending("mysql") and outbox.next_due("mysql") is None and outbox.take("mysql", 10) == []
+    assert outbox.has_pending() and outbox.has_pending("redis")
+
+
+def test_a_batch_fills_up_with_what_came_since(outbox: Outbox) -> None:
+    outbox.put(rets(2))
+    first = outbox.take("mysql", 10)
+    outbox.put(rets(3, start=2))
+    more = outbox.take("mysql", 10, after=max(r.seq for r in first))
+    assert [r.payload["id"] for r in more] == ["m2", "m3", "m4"]
+    done(outbox, "mysql", first + more)
+    assert outbox.counts()["mysql"]["delivered"] == 5 and not outbox.has_pending("mysql")
 
 
 def test_retry_waits_then_counts_attempts_and_error(outbox: Outbox) -> None:
     outbox.put(rets(3))
     rows = outbox.take("mysql", 10)
     before = time.time()
-    outbox.retry("mysql", [rows[0].seq, rows[1].seq], "BackendUnavailable: down", delay=30)
-    due_now = outbox.take("mysql", 10)
-    assert [r.seq for r in due_now] == [rows[2].seq]
-    later = outbox.take("mysql", 10, now=time.time() + 31)
-    assert [r.seq for r in later] == [r.seq for r in rows]
+    outbox.settle("mysql", rows, [rows[2].seq], [Retry([rows[0].seq, rows[1].seq], "BackendUnavailable: down", 0.3)])
+    assert outbox.take("mysql", 10) == []  # not due yet
+    assert before + 0.3 <= outbox.next_due("mysql") <= time.time() + 0.3
+    time.sleep(0.35)
+    later = outbox.take("mysql", 10)
+    assert [r.seq for r in later] == [rows[0].seq, rows[1].seq]
     retried = later[0]
     assert retried.attempts == 1 and retried.last_error == "BackendUnavailable: down"
-    assert before <= retried.first_failure <= time.time() and retried.next_try >= before + 30
+    assert before <= retried.first_failure <= time.time()
     first_failure = retried.first_failure
-    outbox.retry("mysql", [retried.seq], "ReturnerError: still", delay=0)
+    outbox.settle("mysql", later, [later[1].seq], [Retry([retried.seq], "ReturnerError: still", 0)])
     again = outbox.take("mysql", 1)[0]
     assert again.attempts == 2 and again.first_failure == first_failure  # the first failure is kept
-    assert outbox.next_due("mysql") <= time.time()
     c = outbox.counts()["mysql"]
-    assert (c["pending"], c["retrying"], c["last_error"]) == (3, 2, "ReturnerError: still")
+    assert (c["pending"], c["retrying"], c["delivered"], c["last_error"]) == (1, 1, 2, "ReturnerError: still")
     assert c["last_error_time"] >= before
     assert outbox.next_due("nobody") is None
 
@@ -86,109 +119,173 @@ def test_retry_waits_then_counts_attempts_and_error(outbox: Outbox) -> None:
 def test_bury_dead_letters_and_replay(outbox: Outbox) -> None:
     outbox.put(rets(4))
     rows = outbox.take("mysql", 10)
-    outbox.retry("mysql", [rows[1].seq], "ReturnerError: too long", delay=0)
-    outbox.bury("mysql", [rows[1].seq, rows[3].seq], "ReturnerError: too long")
-    assert [r.seq for r in outbox.take("mysql", 10)] == [rows[0].seq, rows[2].seq]
+    outbox.settle("mysql", rows, [rows[0].seq, rows[2].seq], [Retry([rows[1].seq], "ReturnerError: too long", 0)],
+                  [Burial([rows[3].seq], "ReturnerError: too long")])
+    retried = outbox.take("mysql", 10)
+    outbox.settle("mysql", retried, burials=[Burial([retried[0].seq], "ReturnerError: too long")])
+    assert outbox.take("mysql", 10) == []
     dead = outbox.dead_letters("mysql")
-    assert [d["seq"] for d in dead] == [rows[1].seq, rows[3].seq]
-    assert dead[0]["payload"] == rows[1].payload and dead[0]["attempts"] == 2 and dead[1]["attempts"] == 1
+    assert [d["payload"]["id"] for d in dead] == ["m3", "m1"]
+    assert dead[1]["payload"] == rows[1].payload and dead[1]["attempts"] == 2 and dead[0]["attempts"] == 1
     assert all(d["last_error"] == "ReturnerError: too long" and d["died"] >= d["enqueued"] for d in dead)
-    assert dead[1]["first_failure"] is not None  # buried without a retry: its first failure is now
+    assert dead[0]["first_failure"] is not None  # buried without a retry: its first failure is now
     assert outbox.dead_letters("mysql", limit=1) == dead[:1] and outbox.dead_letters("redis") == []
     c = outbox.counts()["mysql"]
-    assert (c["pending"], c["dead"], c["buried"]) == (2, 2, 2)
-
+    assert (c["pending"], c["dead"], c["buried"], c["delivered"]) == (0, 2, 2, 2)
     assert outbox.replay("mysql") == 2
-    assert outbox.replay("mysql") == 0
-    assert outbox.dead_letters("mysql") == []
     back = outbox.take("mysql", 10)
-    assert sorted(r.payload["id"] for r in back) == ["m0", "m1", "m2", "m3"]
-    replayed = [r for r in back if r.payload["id"] in ("m1", "m3")]
-    # a fresh start: due now, the dead-after clock reset, the last error kept for reference
-    assert all(r.attempts == 0 and r.first_failure is None and r.last_error for r in replayed)
-    assert len({r.seq for r in back}) == 4
+    assert [r.payload["id"] for r in back] == ["m3", "m1"] and all(r.attempts == 0 for r in back)
+    done(outbox, "mysql", back)
     c = outbox.counts()["mysql"]
-    assert (c["pending"], c["dead"], c["buried"]) == (4, 0, 2)
+    assert (c["pending"], c["dead"], c["delivered"]) == (0, 0, 4)
+    assert outbox.replay("mysql") == 0
+
+
+def test_rows_not_tried_come_back_as_they_were(outbox: Outbox) -> None:
+    """A worker stopped in the middle of a batch settles only what it tried: the rest, and what
+    follows, is taken again (nothing skipped)."""
+    outbox.put(rets(6))
+    rows = outbox.take("mysql", 10)
+    outbox.settle("mysql", rows, [rows[0].seq, rows[1].seq, rows[4].seq], [Retry([rows[5].seq], "x", 0)])
+    back = outbox.take("mysql", 10)
+    assert [r.payload["id"] for r in back] == ["m2", "m3", "m4", "m5"]
+    assert all(r.attempts == 0 for r in back)
+    done(outbox, "mysql", back)
+    assert not outbox.has_pending("mysql")
+
+
+def test_a_returner_seen_first_later_starts_where_the_log_is(outbox: Outbox) -> None:
+    outbox.put(rets(3))
+    outbox.put(rets(2, start=3, route=REDIS))
+    assert [r.payload["id"] for r in outbox.take("redis", 10)] == ["m3", "m4"]
+    assert [r.payload["id"] for r in outbox.take("mysql", 10)] == ["m0", "m1", "m2"]
+
+
+def test_the_job_cache_holds_a_return_once_per_job_and_minion(tmp_path: Path) -> None:
+    box = SqliteOutbox(tmp_path / "outbox.db", serves="saline_cache")
+    try:
+        both = (("saline_cache", None, None), ("mysql", None, None))
+        box.put(rets(2, jid=JID, route=both))
+        box.put(rets(2, jid=JID, route=both))  # resent, the master's own check bypassed
+        box.put(rets(2, jid=JID, route=REDIS))  # the same returns for another returner: stored for it
+        assert len(box.take("mysql", 10)) == 2 and len(box.take("redis", 10)) == 2
+        assert box.returned(JID) == {"m0", "m1"}
+    finally:
+        box.close()
+
+
+# -- the SQLite file ------------------------------------------------------------------------------
+def test_the_job_cache_is_kept_in_place_and_pruned_after_keep_jobs(tmp_path: Path) -> None:
+    from saline.jid import gen_jid
+    from saline.returners.saline_cache import SalineCacheReturner
+
+    JID = gen_jid()  # a job started now: kept for keep_jobs
+    box = SqliteOutbox(tmp_path / "outbox.db", shared=True, serves="saline_cache")
+    try:
+        cache_and_mysql = (("saline_cache", None, None), ("mysql", None, None))
+        box.put(rets(3, route=cache_and_mysql, jid=JID))
+        box.put([Record("load", {"jid": JID, "load": {"fun": "test.ping", "jid": JID}, "minions": ["m0", "m1", "m2"]},
+                        (("saline_cache", None, None),), JID)])
+        cache = SalineCacheReturner({}, {"cachedir": str(tmp_path)})
+        assert sorted(cache.get_jid(JID)) == ["m0", "m1", "m2"] and cache.get_load(JID)["fun"] == "test.ping"
+        assert box.counts().get("saline_cache") is None  # nothing to deliver to it
+        assert box.prune(keep_seconds=3600) == 0  # mysql has not delivered them, and they are the cache
+        done(box, "mysql", box.take("mysql", 10))
+        box.put(rets(1, start=9))  # a newer record (the newest always stays)
+        assert box.prune(keep_seconds=3600) == 0  # delivered, but still the job cache
+        assert box.prune(keep_seconds=0.000001) == 3  # older than keep_jobs: gone
+        assert cache.get_jid(JID) == {}
+        cache.close()
+    finally:
+        box.close()
+
+
+def test_delivered_records_are_pruned_and_sequences_never_restart(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = SqliteOutbox(path)
+    box.put(rets(5))
+    rows = box.take("mysql", 10)
+    done(box, "mysql", rows)
+    assert box.prune(0) == 4  # the newest stays
+    box.close()
+    box = SqliteOutbox(path)
+    try:
+        box.put(rets(1, start=5))
+        new = box.take("mysql", 10)
+        assert [r.payload["id"] for r in new] == ["m5"] and new[0].seq > max(r.seq for r in rows)
+    finally:
+        box.close()
 
 
 def test_counters_and_queue_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
-    box = Outbox(path)
+    box = SqliteOutbox(path)
     box.put(rets(10))
     rows = box.take("mysql", 10)
-    box.done("mysql", [r.seq for r in rows[:6]])
-    box.retry("mysql", [rows[6].seq], "ReturnerError: x", 0)
-    box.bury("mysql", [rows[7].seq], "ReturnerError: y")
-    before = box.counts()
+    box.settle("mysql", rows, [r.seq for r in rows[:6]] + [r.seq for r in rows[8:]],
+               [Retry([rows[6].seq], "ReturnerError: x", 0)], [Burial([rows[7].seq], "ReturnerError: y")])
     box.close()
-    with pytest.raises(OutboxError, match="closed"):
-        box.put(rets(1))
-    box = Outbox(path)
+    box = SqliteOutbox(path)
     try:
-        assert box.counts() == before
-        expected = {"delivered": 6, "pending": 3, "retrying": 1, "dead": 1, "buried": 1, "last_error": "ReturnerError: y"}
-        assert {k: before["mysql"][k] for k in expected} == expected
-        assert [r.payload["id"] for r in box.take("mysql", 10)] == ["m6", "m8", "m9"]
+        expected = {"delivered": 8, "pending": 1, "retrying": 1, "dead": 1, "buried": 1, "last_error": "ReturnerError: y"}
+        assert {k: box.counts()["mysql"][k] for k in expected} == expected
+        assert [r.payload["id"] for r in box.take("mysql", 10)] == ["m6"]
     finally:
         box.close()
 
 
 def test_a_second_master_on_the_same_cachedir_is_refused(tmp_path: Path) -> None:
-    first = Outbox(tmp_path / "outbox.db")
-    try:
-        with pytest.raises(OutboxError) as err:
-            Outbox(tmp_path / "outbox.db")
-        assert "another saline-master" in str(err.value) and "\n" not in str(err.value)
-    finally:
-        first.close()
-    Outbox(tmp_path / "outbox.db").close()  # free again once the first is closed
+    for shared in (False, True):
+        first = SqliteOutbox(tmp_path / f"outbox{shared}.db", shared=shared)
+        try:
+            with pytest.raises(OutboxError) as err:
+                SqliteOutbox(tmp_path / f"outbox{shared}.db", shared=shared)
+            assert "another saline-master" in str(err.value) and "\n" not in str(err.value)
+        finally:
+            first.close()
+        SqliteOutbox(tmp_path / f"outbox{shared}.db", shared=shared).close()  # free once the first is closed
 
 
 def test_shared_outbox_one_master_and_its_delivery_processes(tmp_path: Path) -> None:
-    """A master whose returners run in processes opens the file shared: a second master is still
-    refused, while a delivery process (no guard) takes and acks in the same file."""
+    """A master whose returners run in processes opens the file shared: a delivery process (no
+    guard) takes and settles in the same file, and learns the routes the master adds."""
     path = tmp_path / "outbox.db"
-    master = Outbox(path, shared=True)
+    master = SqliteOutbox(path, shared=True)
     try:
-        with pytest.raises(OutboxError) as err:
-            Outbox(path, shared=True)
-        assert "another saline-master" in str(err.value) and "\n" not in str(err.value)
-        master.put(rets(3))
-        worker = Outbox(path, shared=True, guard=False)
+        worker = SqliteOutbox(path, shared=True, guard=False)
         try:
+            master.put(rets(3))
             taken = worker.take("mysql", 10)
             assert [r.payload["id"] for r in taken] == ["m0", "m1", "m2"]
-            assert [r.payload["id"] for r in worker.take("mysql", 10, after=taken[0].seq)] == ["m1", "m2"]
-            worker.done("mysql", [r.seq for r in taken[:2]])
-            master.put(rets(1, start=3))
+            worker.settle("mysql", taken, [r.seq for r in taken[:2]], [Retry([taken[2].seq], "x", 0)])
+            master.put(rets(1, start=3, route=(("mysql", "alt", None),)))  # a route the worker has not seen
+            assert [(r.payload["id"], r.ret_config) for r in worker.take("mysql", 10)] == [("m2", None), ("m3", "alt")]
         finally:
             worker.close()
-        assert [r.payload["id"] for r in master.take("mysql", 10)] == ["m2", "m3"]
         assert master.counts()["mysql"]["delivered"] == 2
     finally:
         master.close()
-    Outbox(path, shared=True).close()  # free again once the first is closed
 
 
-# -- durability ---------------------------------------------------------------------------------
 CHILD = textwrap.dedent("""
     import sys
-    from saline.master.outbox import Item, Outbox
-    box = Outbox(sys.argv[1])
+    from saline.master.outbox import Record, SqliteOutbox
+    box = SqliteOutbox(sys.argv[1])
+    route = (("mysql", None, None),)
     n = 0
     while True:
-        box.put([Item("mysql", "ret", {"id": f"m{n + k}", "jid": "20240101000000000000"}) for k in range(10)])
+        box.put([Record("ret", {"id": f"m{n + k}", "jid": "20240101000000000000"}, route, "20240101000000000000",
+                        f"m{n + k}") for k in range(10)])
         n += 10
         sys.stdout.write(f"{n}\\n")
         sys.stdout.flush()
 """)
 
 
-def test_items_survive_a_sigkill_of_the_writer(tmp_path: Path) -> None:
+def test_records_survive_a_sigkill_of_the_writer(tmp_path: Path) -> None:
     """Everything ``put`` returned for is there after the process is killed mid-stream."""
     path = tmp_path / "outbox.db"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True,
-                             cwd=ROOT)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     acked = 0
     assert child.stdout is not None
     for line in child.stdout:
@@ -198,12 +295,12 @@ def test_items_survive_a_sigkill_of_the_writer(tmp_path: Path) -> None:
     child.send_signal(signal.SIGKILL)  # while it is still writing
     child.wait(10)
     assert child.returncode == -signal.SIGKILL
-    box = Outbox(path)
+    box = SqliteOutbox(path)
     try:
         ids = {r.payload["id"] for r in box.take("mysql", 1_000_000)}
     finally:
         box.close()
-    assert {f"m{i}" for i in range(acked)} <= ids  # every acknowledged item
+    assert {f"m{i}" for i in range(acked)} <= ids  # every acknowledged record
     assert len(ids) >= acked and len(ids) % 10 == 0  # and whole transactions only
 
 
@@ -213,26 +310,28 @@ def test_put_is_one_transaction(outbox: Outbox) -> None:
             raise ValueError("no text either")
 
     with pytest.raises(OutboxError, match="cannot encode"):
-        outbox.put(rets(3) + [Item("mysql", "ret", {"x": Unpackable()})])
+        outbox.put(rets(3) + [Record("ret", {"x": Unpackable()}, MYSQL, "j", "x")])
     assert outbox.take("mysql", 10) == []
+    outbox.put(rets(1))  # a route learnt in the failed transaction is stored again with the next one
+    assert len(outbox.take("mysql", 10)) == 1
 
 
 def test_put_from_many_threads_while_draining(outbox: Outbox) -> None:
-    """Concurrent writers and a consumer: every item delivered exactly once."""
+    """Concurrent writers and a consumer: every record delivered exactly once."""
     seen: list[str] = []
     stop = threading.Event()
 
     def drain() -> None:
         while True:
             rows = outbox.take("mysql", 200)
-            if not rows and stop.is_set():
+            if not rows and stop.is_set() and not outbox.has_pending("mysql"):
                 return
             seen.extend(r.payload["id"] for r in rows)
-            outbox.done("mysql", [r.seq for r in rows])
+            done(outbox, "mysql", rows)
 
     def write(k: int) -> None:
         for i in range(100):
-            outbox.put([Item("mysql", "ret", {"id": f"w{k}-{i}-{j}"}) for j in range(5)])
+            outbox.put([Record("ret", {"id": f"w{k}-{i}-{j}"}, MYSQL, f"j{k}-{i}", f"{j}") for j in range(5)])
 
     consumer = threading.Thread(target=drain)
     consumer.start()
@@ -247,25 +346,40 @@ def test_put_from_many_threads_while_draining(outbox: Outbox) -> None:
     assert outbox.counts()["mysql"]["delivered"] == 2000
 
 
+def test_files_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    sqlite3.connect(path).close()
+    os.chmod(path, 0o644)  # left by an older version
+    box = SqliteOutbox(path)
+    try:
+        box.put(rets(1))
+        for name in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):
+            if (tmp_path / name).exists():
+                assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+    finally:
+        box.close()
+
+
 # -- unwritable places ---------------------------------------------------------------------------
 OPEN_AND_PUT = textwrap.dedent("""
     import resource, signal, sys
-    from saline.master.outbox import Item, Outbox, OutboxError
+    from saline.master.outbox import OutboxError, Record, SqliteOutbox
     limit = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     if limit:  # a file size limit: the disk is "full" at that size
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    route = (("mysql", None, None),)
     try:
-        box = Outbox(sys.argv[1])
+        box = SqliteOutbox(sys.argv[1])
         for i in range(10000):
-            box.put([Item("mysql", "ret", {"id": "m", "return": "x" * 4000})])
+            box.put([Record("ret", {"id": "m", "return": "x" * 4000}, route, f"j{i}", "m")])
     except OutboxError as exc:
         print("OutboxError:", exc)
     else:
         print("no error")
     if limit:  # space is back: the same outbox takes writes again
         resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        box.put([Item("mysql", "ret", {"id": "after", "return": "x"})])
+        box.put([Record("ret", {"id": "after", "return": "x"}, route, "after", "m")])
         box.close()
 """)
 
@@ -304,10 +418,10 @@ def test_disk_full_while_running_is_one_line_outbox_error(tmp_path: Path) -> Non
     assert re.search(r"cannot write items: (database or disk is full|disk I/O error)", lines[0]), lines[0]
     assert result.returncode == 0, result.stderr
     # what was stored before the disk filled up is intact, and so is what came after
-    box = Outbox(tmp_path / "outbox.db")
+    box = SqliteOutbox(tmp_path / "outbox.db")
     try:
         stored = box.take("mysql", 100_000)
-        assert len(stored) > 100 and all(r.payload["return"] == "x" * 4000 for r in stored[:-1])
+        assert len(stored) > 50 and all(r.payload["return"] == "x" * 4000 for r in stored[:-1])
         assert stored[-1].payload["id"] == "after"
     finally:
         box.close()

@@ -117,12 +117,12 @@ def test_through_the_masters_delivery_an_outage_loses_and_repeats_nothing(
     from pathlib import Path
 
     from saline.master.delivery import Delivery
-    from saline.master.outbox import Outbox
+    from saline.master.outbox import SqliteOutbox
 
     caplog.set_level(logging.DEBUG)
     opts = {**master_opts, "returner_retry_max_seconds": 0.3, "event_return": "splunk",
             "splunk_http_forwarder": {"token": TOKEN, "indexer": "127.0.0.1", "port": capture.port, "scheme": "http"}}
-    outbox = Outbox(Path(opts["cachedir"]) / "outbox.db")
+    outbox = SqliteOutbox(Path(opts["cachedir"]) / "outbox.db")
     delivery = Delivery(opts, outbox)
     capture.reply("POST", "/services/collector/event", 503, {"text": "Server is busy", "code": 9})
     delivery.start()

@@ -20,13 +20,13 @@ def _config(values: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 def _count(values: dict[str, Any], tmp_path: Path, jid: str) -> int:
     # both must hold the returns: the smaller count is what every returner has
     cache, salt = _paths(tmp_path)
-    return min(sqlite_count(cache, "SELECT COUNT(*) FROM returns WHERE jid = ?", jid),
+    return min(sqlite_count(cache, "SELECT COUNT(*) FROM records WHERE kind = 0 AND cached = 1 AND jid = ?", jid),
                sqlite_count(salt, "SELECT COUNT(*) FROM salt_returns WHERE jid = ?", jid))
 
 
 def _count_events(values: dict[str, Any], tmp_path: Path, jid: str) -> int:
     cache, salt = _paths(tmp_path)
-    return min(sqlite_count(cache, "SELECT COUNT(*) FROM events WHERE tag LIKE ?", f"%{jid}%"),
+    return min(sqlite_count(cache, "SELECT COUNT(*) FROM records WHERE kind = 2 AND mid LIKE ?", f"%{jid}%"),
                sqlite_count(salt, "SELECT COUNT(*) FROM salt_events WHERE tag LIKE ?", f"%{jid}%"))
 
 

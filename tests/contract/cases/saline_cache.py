@@ -1,4 +1,5 @@
-"""Contract case: saline_cache, saline's embedded SQLite job cache."""
+"""Contract case: saline_cache, saline's embedded SQLite job cache, in a file of its own (as a
+returner delivered to; the master's default, its outbox read in place, is what every e2e test uses)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ def _db(tmp_path: Path) -> str:
 
 
 def _count(values: dict[str, Any], tmp_path: Path, jid: str) -> int:
-    return sqlite_count(_db(tmp_path), "SELECT COUNT(*) FROM returns WHERE jid = ?", jid)
+    return sqlite_count(_db(tmp_path), "SELECT COUNT(*) FROM records WHERE kind = 0 AND cached = 1 AND jid = ?",
+                        jid)
 
 
 def _count_events(values: dict[str, Any], tmp_path: Path, jid: str) -> int:
-    return sqlite_count(_db(tmp_path), "SELECT COUNT(*) FROM events WHERE tag LIKE ?", f"%{jid}%")
+    return sqlite_count(_db(tmp_path), "SELECT COUNT(*) FROM records WHERE kind = 2 AND mid LIKE ?", f"%{jid}%")
 
 
 CASES = [
