@@ -20,9 +20,15 @@ from common import (Cluster, _init_schema, cluster, cpu_shares, cpu_snapshot, fi
                     redis_count, redis_database, redis_opts, secantus_server, sqlite_count, tree_memory)
 
 BENCH = Path(__file__).resolve().parent
-#: seconds of sustained load per run in full mode (``bench/run.py --seconds``)
-SUSTAIN = {"seconds": 60.0}
+#: seconds of sustained load per run in full mode (``bench/run.py --seconds``), and runs per
+#: sustained benchmark (0: its own count; ``bench/run.py --baseline`` makes it 1 and alternates
+#: whole benchmarks instead)
+SUSTAIN = {"seconds": 60.0, "runs": 0}
 Rows = list[dict[str, Any]]
+
+
+def sustained_runs(smoke: bool) -> int:
+    return int(SUSTAIN["runs"]) or (1 if smoke else 3)
 
 
 def _wall(cmd: list[str], env: dict[str, str] | None = None) -> float:
@@ -280,7 +286,7 @@ GOALS = {"mysql": 30_000, "postgres": 30_000, "sqlite3": 50_000, "redis": 50_000
 def _one_backend(backend: str, smoke: bool, folder: Path, db: Any, extra: dict[str, Any] | None = None,
                  label: str = "") -> Rows:
     seconds, warmup, minions = (3.0, 1.0, 100) if smoke else (SUSTAIN["seconds"], 5.0, 1000)
-    runs = 1 if smoke else 3
+    runs = sustained_runs(smoke)
     opts, count = _returns_config(backend, db, folder)
     opts.update(extra or {})
     rates, acked, cpu = [], [], []
@@ -308,12 +314,13 @@ def _one_backend(backend: str, smoke: bool, folder: Path, db: Any, extra: dict[s
                                "sqlite3": "sqlite3 executemany, batches of 1,000",
                                "redis": "redis-py pipeline HSET, batches of 1,000"}[backend],
                    runs=rates, note=f"acked by the master {median(acked):,.0f}/s; {minions} load minions, "
-                                    f"{seconds:.0f} s per run; {cpu_note(cpu)}")]
+                                    f"{seconds:.0f} s per run; {cpu_note(cpu)}", cpu=cpu)]
 
 
 def transport_floor(smoke: bool) -> Rows:
     """Bare pyzmq carrying the same returns and acks as the load generator (``zmq_return_floor.py``)."""
-    minions, seconds, runs = (100, 2.0, 1) if smoke else (1000, 10.0, 3)
+    minions, seconds = (100, 2.0) if smoke else (1000, 10.0)
+    runs = sustained_runs(smoke)
     rates = []
     for _ in range(runs):
         out = subprocess.run([sys.executable, str(BENCH / "zmq_return_floor.py"), str(minions), str(seconds)],
@@ -323,7 +330,8 @@ def transport_floor(smoke: bool) -> Rows:
         rates.append(float(out.stdout.strip().splitlines()[-1]))
     return [figure(f"returns acked per second by a bare pyzmq ROUTER ({minions} CURVE DEALERs, no saline)",
                    median(rates), "/s", runs=rates,
-                   note="the transport floor of the rows below: the same messages and acks, nothing stored")]
+                   note="the transport floor of the rows below: the same messages and acks, nothing stored",
+                   transport=True)]
 
 
 def bench_returns(smoke: bool, folder: Path, backends: tuple[str, ...] = ("mysql", "postgres", "sqlite3", "redis")) -> Rows:
@@ -395,7 +403,7 @@ def bench_returns_mongo(smoke: bool, folder: Path) -> Rows:
     from importlib.metadata import version
 
     seconds, warmup, minions = (3, 1.0, 100) if smoke else (int(SUSTAIN["seconds"]), 5.0, 1000)
-    runs = 1 if smoke else 3
+    runs = sustained_runs(smoke)
     rates, acked, cpu = [], [], []
     with secantus_server(folder / "secantus") as db:
         _init_schema("mongo", mongo_opts(db))  # its indexes, as returners.init would make them
@@ -411,7 +419,7 @@ def bench_returns_mongo(smoke: bool, folder: Path) -> Rows:
                    floor=floor, floor_what="pymongo insert_many on the same SecantusDB, batches of 1,000",
                    runs=rates, note=f"{value / floor:.0%} of the floor; acked by the master {median(acked):,.0f}/s; "
                                     f"{minions} load minions, {seconds} s per run; SecantusDB "
-                                    f"{version('secantusdb')}, pymongo {version('pymongo')}; {cpu_note(cpu)}")]
+                                    f"{version('secantusdb')}, pymongo {version('pymongo')}; {cpu_note(cpu)}", cpu=cpu)]
 
 
 def bench_returns_jobcache(smoke: bool, folder: Path) -> Rows:
@@ -424,7 +432,7 @@ def bench_returns_jobcache(smoke: bool, folder: Path) -> Rows:
 
 def bench_events(smoke: bool, folder: Path) -> Rows:
     seconds, warmup, minions = (3.0, 1.0, 100) if smoke else (SUSTAIN["seconds"], 5.0, 1000)
-    runs = 1 if smoke else 3
+    runs = sustained_runs(smoke)
     with mysql_database() as db:
         opts = {"event_return": "mysql", **mysql_opts(db)}
         rates, cpu = [], []
@@ -439,7 +447,7 @@ def bench_events(smoke: bool, folder: Path) -> Rows:
     return [figure("event returns per second to mysql (event_return, through master and outbox)", value, "/s",
                    goal="> 30,000/s", met=value > 30_000, floor=floor,
                    floor_what="PyMySQL executemany into salt_events, batches of 1,000", runs=rates,
-                   note=f"one salt/job/<jid>/ret/<id> event per return; {cpu_note(cpu)}")]
+                   note=f"one salt/job/<jid>/ret/<id> event per return; {cpu_note(cpu)}", cpu=cpu)]
 
 
 # -- 4. latency from a return to its row, and bursts of N returns --------------------------------------------

@@ -47,10 +47,12 @@ def percentile(values: list[float], p: float) -> float:
 
 def figure(name: str, value: float, unit: str, *, goal: str = "", met: bool | None = None,
            floor: float | None = None, floor_what: str = "", runs: list[float] | None = None,
-           note: str = "") -> dict[str, Any]:
-    """One row of the results table; prints it at once, with its floor."""
+           note: str = "", **extra: Any) -> dict[str, Any]:
+    """One row of the results table; prints it at once, with its floor. ``extra`` fields travel
+    with the row (``cpu``: the CPU shares of each run; ``transport``: this row is the transport
+    floor), for ``bench/compare.py`` to pool rounds."""
     row = {"name": name, "value": value, "unit": unit, "goal": goal, "met": met, "floor": floor,
-           "floor_what": floor_what, "runs": runs or [value], "note": note}
+           "floor_what": floor_what, "runs": runs or [value], "note": note, **extra}
     shown = f"  {name}: {fmt(value, unit)}"
     if goal:
         shown += f"   (goal {goal}: {'met' if met else 'MISSED' if met is not None else '-'})"
@@ -248,9 +250,21 @@ def cpu_shares(before: dict[int, tuple[str, float]], after: dict[int, tuple[str,
 # -- clusters ----------------------------------------------------------------------------------------
 QUIET = {"log_level": "warning"}
 
+#: the saline its processes run (``bench/codetree.py``): set by ``bench/run.py --baseline`` for
+#: each side in turn; None is the installed one, this tree
+CODE: dict[str, Any] = {"tree": None}
+
 
 class Cluster(LocalCluster):
-    """A LocalCluster with a swarm and a load generator on the side, all torn down on exit."""
+    """A LocalCluster with a swarm and a load generator on the side, all torn down on exit. Its
+    processes (master, minions, swarms, CLI) run the saline of ``CODE["tree"]``; the load
+    generator and the floors are always this tree's."""
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        if CODE["tree"] is not None:
+            env.update(CODE["tree"].env())
+        return env
 
     def __init__(self, root: Path, master_opts: dict[str, Any] | None = None) -> None:
         super().__init__(root, master_opts={**QUIET, "timeout": 60, **(master_opts or {})},
@@ -289,6 +303,11 @@ class Cluster(LocalCluster):
         begin = time.monotonic()
         client = self.local_client()
         while time.monotonic() - begin < deadline_s:
+            for name, proc in self.procs.items():  # a swarm that died will not answer: say why now
+                if name.startswith("swarm:") and proc.poll() is not None:
+                    log = self.minion_dir(f"{name[6:]}swarm") / "stderr.log"
+                    tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+                    raise RuntimeError(f"saline-swarm {name[6:]} exited {proc.returncode}: {' '.join(tail)}")
             try:
                 expected = client.expected(tgt)
             except Exception:
