@@ -34,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
-from codetree import CodeTree, CodeTreeError, commit_tree, current_tree  # noqa: E402
+from codetree import CodeTree, CodeTreeError, commit_tree, current_tree, resolve  # noqa: E402
 from common import ROOT, dump, fmt, machine_info  # noqa: E402
 
 RESULTS = BENCH / "results"
@@ -150,6 +150,11 @@ def run(smoke: bool, only: list[str], out: Path, merge: bool = False, baseline: 
     unknown = [n for n in names if n not in ALL]
     if unknown:
         raise SystemExit(f"bench/run.py: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
+    for commit in (baseline, current):
+        if commit:
+            resolve(commit)  # a typo is one line now, not after the machine's versions
+    if merge and (out / "latest.json").exists():
+        _check_mergeable(json.loads((out / "latest.json").read_text()), baseline, baseline_only)
     info = machine_info()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     started = time.time()
@@ -180,6 +185,21 @@ def run(smoke: bool, only: list[str], out: Path, merge: bool = False, baseline: 
     (out / "latest.md").write_text(markdown(result, _baseline()))
     print(f"wrote {out / 'latest.md'} and {out / 'latest.json'}", flush=True)
     return result
+
+
+def _check_mergeable(old: dict[str, Any], baseline: str | None, baseline_only: bool) -> None:
+    """A table has one "now": rows of a --baseline-only run (another commit's code) join only the
+    rows of the same commit's --baseline-only runs."""
+    def only_of(result: dict[str, Any]) -> str | None:
+        comp = result.get("compare") or {}
+        return comp["baseline"]["commit"] if comp.get("baseline") and not comp.get("current") else None
+
+    mine = resolve(baseline) if baseline and baseline_only else None
+    if only_of(old) != mine:
+        raise CodeTreeError("--merge: the latest.json there measures "
+                            + (f"only commit {only_of(old)[:7]}" if only_of(old) else "the current code")
+                            + ", this run " + (f"only commit {mine[:7]}" if mine else "the current code")
+                            + "; give this run an --out of its own")
 
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
