@@ -52,6 +52,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: how often the master looks for revoked keys (the latency of a revocation on the publish port)
 KEY_CHECK_INTERVAL = 0.25
+#: job routes remembered, at most
+ROUTES_REMEMBERED = 10_000
+#: connections whose CURVE key is remembered by their routing id, at most
+KEYS_BY_ROUTING_MAX = 200_000
 #: while the outbox cannot be written, the error is logged at most this often (with a count)
 STORE_ERROR_EVERY = 30.0
 
@@ -100,7 +104,8 @@ class Master:
         self.bootstrap_server: Any = None
         self._stop = asyncio.Event()
         self.ctx: zmq.asyncio.Context | None = None
-        self._routes: dict[tuple[Any, str, str], Routes] = {}
+        self._routes: dict[tuple[Any, str, str, bool], Routes] = {}
+        self._keys_by_routing: dict[bytes, str] = {}
         self._check_returner_config()
 
     def _check_returner_config(self) -> None:
@@ -406,6 +411,8 @@ class Master:
                returns)
         found = self._routes.get(key)
         if found is None:
+            if len(self._routes) > ROUTES_REMEMBERED:  # many jobs with their own --return_kwargs
+                self._routes.clear()
             found = self._routes[key] = self._make_routes(ret, ret_config, ret_kwargs, returns)
         return found
 
@@ -453,12 +460,26 @@ class Master:
         self.keys.refresh()
         replies: list[tuple[bytes, Any]] = []  # a reply is a message, or one already encoded
         accepted: list[tuple[bytes, dict[str, Any]]] = []
+        open_mode = bool(self.opts.get("open_mode"))
+        keys_by_routing = self._keys_by_routing
         for frames in group:
             if len(frames) != 2:
                 self.stats["bad_frames"] += 1
                 continue
             routing, payload = frames[0].bytes, frames[1]
-            key = payload.get("User-Id") if not self.opts.get("open_mode") else None
+            if open_mode:
+                key = None
+            else:
+                # a routing id libzmq made (it starts with a zero byte; a peer may not choose one)
+                # names one connection for the socket's life, and a connection keeps its CURVE key:
+                # the frame is asked once per connection
+                key = keys_by_routing.get(routing)
+                if key is None:
+                    key = payload.get("User-Id")
+                    if routing[:1] == b"\x00":
+                        if len(keys_by_routing) >= KEYS_BY_ROUTING_MAX:
+                            keys_by_routing.clear()
+                        keys_by_routing[routing] = key
             try:
                 message = decode(payload.bytes, self.max_size)
             except FrameError as exc:

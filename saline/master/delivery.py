@@ -68,6 +68,8 @@ RETRY_BASE_SECONDS = 0.2
 RESTART_MIN_SECONDS = 1.0
 #: the window of the throughput figure
 THROUGHPUT_WINDOW = 60.0
+#: routes remembered, at most (jobs with their own --return_kwargs each add one)
+ROUTES_REMEMBERED = 10_000
 
 _UNAVAILABLE = (BackendUnavailable, ConnectionError, TimeoutError)
 
@@ -120,6 +122,7 @@ class Delivery:
         self._classes: dict[str, type[Returner]] = {}
         self._support: dict[tuple[str, str], bool] = {}
         self._routes: dict[Any, list[Route]] = {}
+        self._routes_by_id: dict[int, tuple[Any, str, list[Route]]] = {}
         self._stored_in_place = 0  # records the outbox keeps as the job cache (nothing to deliver)
         self._checked: set[tuple[str, str, str]] = set()
         self._started = False
@@ -150,7 +153,11 @@ class Delivery:
     def _route(self, method: str, parts: Sequence[tuple[Sequence[str], str | None, Any]]) -> list[Route]:
         """The routes for (names, ret_config, ret_kwargs) parts: the returners that have ``method``,
         each once per route (a returner named twice with other options gets a second route).
-        Remembered: the master builds the same few routes for every return."""
+        Remembered: the master builds the same few routes for every return, from the same
+        ``parts`` object (its own cache), which is recognised without a look inside."""
+        hit = self._routes_by_id.get(id(parts))
+        if hit is not None and hit[0] is parts and hit[1] == method:
+            return hit[2]
         key = (method, tuple((tuple(names), rc or "", kwargs_key(kw) if isinstance(kw, Mapping) else str(kw or ""))
                              for names, rc, kw in parts))
         found = self._routes.get(key)
@@ -168,6 +175,10 @@ class Delivery:
                     else:
                         routes.append([(name, rc or None, kwargs)])
             found = self._routes[key] = [tuple(r) for r in routes] or [()]
+        if len(self._routes_by_id) > ROUTES_REMEMBERED:  # many jobs with their own --return_kwargs
+            self._routes_by_id.clear()
+            self._routes.clear()
+        self._routes_by_id[id(parts)] = (parts, method, found)  # holds ``parts``: its id stays its own
         return found
 
     def records_for_return(self, parts: Sequence[tuple[Sequence[str], str | None, Any]], ret: dict) -> list[Record]:

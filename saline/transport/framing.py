@@ -1,15 +1,16 @@
 """The wire format: one msgpack map per message, decoded defensively.
 
 Every message crossing a socket is a msgpack-encoded map with a string ``cmd``. Decoding refuses
-oversized frames, deep nesting, non-string keys and invalid msgpack with :class:`FrameError`, whose
-message is one line naming the cause.
+oversized frames, deep nesting, non-string keys at the top level and invalid msgpack with
+:class:`FrameError`, whose message is one line naming the cause. (msgspec encodes and decodes:
+several times faster than msgpack-python on the master's return path.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import msgpack
+import msgspec
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 MAX_DEPTH = 64
@@ -27,8 +28,17 @@ def _default(obj: Any) -> Any:
     return str(obj)
 
 
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_default)
+_DECODER = msgspec.msgpack.Decoder()
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True, default=_default)
+    try:
+        return _ENCODER.encode(message)
+    except OverflowError:  # an integer MessagePack cannot hold: sent as its text, as the slow path does
+        import msgpack
+
+        return msgpack.packb(message, use_bin_type=True, default=_default)
 
 
 #: every byte that is not the first byte of a msgpack map or array header
@@ -58,16 +68,15 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, Any]:
     if len(data) > max_size:
         raise FrameError(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
     try:
-        message = msgpack.unpackb(
-            data, raw=False, strict_map_key=True,
-            max_bin_len=max_size, max_str_len=max_size, max_array_len=1_000_000, max_map_len=1_000_000,
-        )
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
+        message = _DECODER.decode(data)
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
         raise FrameError(f"invalid msgpack: {exc.__class__.__name__}: {exc}"[:200]) from None
-    except Exception as exc:  # msgpack raises a few others on hostile input (e.g. UnicodeDecodeError)
+    except Exception as exc:  # anything else hostile input may provoke
         raise FrameError(f"undecodable frame: {exc.__class__.__name__}") from None
     if not isinstance(message, dict):
         raise FrameError(f"a frame must be a map, got {type(message).__name__}")
+    if not all(isinstance(k, str) for k in message):
+        raise FrameError("invalid msgpack: a frame's keys must be strings")
     if not isinstance(message.get("cmd"), str):
         raise FrameError("a frame must carry a string 'cmd'")
     if _may_nest(data, MAX_DEPTH) and not _depth_ok(message, MAX_DEPTH):

@@ -39,7 +39,8 @@ from saline.master.outbox.base import (Burial, Outbox, OutboxError, Record, Retr
                                        route_key)
 from saline.recordlog import KIND_CODES, KIND_NAMES, LOAD, pack, unpack
 
-_NEW = -1  # marks a row taken past the cursor (not a retry) in a worker's taken set
+#: routes remembered by the identity of their tuple, at most
+ROUTE_CACHE_MAX = 10_000
 
 
 class SqliteOutbox(Outbox):
@@ -58,7 +59,9 @@ class SqliteOutbox(Outbox):
         self._routes: dict[int, Route] = {}
         self._route_ids: dict[str, int] = {}
         self._by_returner: dict[str, set[int]] = {}
-        self._route_cache: dict[int, int] = {}  # id(route tuple) -> route id (the master reuses its tuples)
+        self._route_cache: dict[int, tuple[Route, int]] = {}  # id(route) -> (route, its id): the master reuses its tuples
+        # id(route) -> (route, the route without the served returner, whether it had it)
+        self._served_split: dict[int, tuple[Route, Route, bool]] = {}
         self._cursors: set[str] = set()
         self._scanned: dict[str, int] = {}     # returner -> how far its last takes looked
         self._taken_new: dict[str, set[int]] = {}
@@ -165,9 +168,9 @@ class SqliteOutbox(Outbox):
         caller's transaction), and a cursor for each returner that has none yet."""
         if not route:
             return 0
-        rid = self._route_cache.get(id(route))
-        if rid is not None and self._routes.get(rid) is route:
-            return rid
+        hit = self._route_cache.get(id(route))
+        if hit is not None and hit[0] is route:
+            return hit[1]
         key = route_key(route)
         rid = self._route_ids.get(key)
         if rid is None:
@@ -181,8 +184,10 @@ class SqliteOutbox(Outbox):
                 conn.execute("INSERT OR IGNORE INTO cursors (returner, seq, routed) VALUES (?, ?, ?)",
                              (name, self._next_seq - 1, 0))
                 self._cursors.add(name)
-        self._route_cache[id(route)] = rid
-        self._routes[rid] = route  # the master's own tuple, so the identity check above holds
+        if len(self._route_cache) > ROUTE_CACHE_MAX:  # many jobs with their own --return_kwargs
+            self._route_cache.clear()
+            self._served_split.clear()
+        self._route_cache[id(route)] = (route, rid)  # holds the tuple: its id stays its own
         return rid
 
     # -- the queue -------------------------------------------------------------------------------
@@ -217,9 +222,12 @@ class SqliteOutbox(Outbox):
                 for rec in records:
                     route = rec.route
                     cached = 0
-                    if serves is not None and any(e[0] == serves for e in route):
-                        route = tuple(e for e in route if e[0] != serves)
-                        cached = 1
+                    if serves is not None:
+                        split = self._served_split.get(id(route))
+                        if split is None or split[0] is not route:
+                            kept = tuple(e for e in route if e[0] != serves)
+                            split = self._served_split[id(route)] = (route, kept, len(kept) != len(route))
+                        route, cached = split[1], int(split[2])
                         if rec.kind == "load":
                             p = rec.payload
                             loads.append(recordlog.load_row(p["jid"], p["load"], p.get("minions")))
