@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start (installing where missing) the real servers the test suite talks to: MariaDB,
 # PostgreSQL, Redis, and the ODBC drivers. Idempotent; fails loudly when a server cannot start.
+# With --packages: only install the Debian packages below and stop (scripts/test.sh runs that
+# before pip, which builds mysqlclient against libmariadb-dev).
 set -euo pipefail
 
 need_apt=()
@@ -10,11 +12,19 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 ls /usr/lib/*/odbc/libsqlite3odbc.so >/dev/null 2>&1 || need_apt+=(libsqliteodbc)
 ls /usr/lib/*/odbc/libmaodbc.so >/dev/null 2>&1 || ls /usr/lib/*/libmaodbc.so >/dev/null 2>&1 || need_apt+=(odbc-mariadb)
 command -v odbcinst >/dev/null 2>&1 || need_apt+=(unixodbc unixodbc-dev)
+# mysqlclient (the C MySQL driver of the mysql-c extra, in the test extra) has no Linux wheel:
+# pip builds it against these
+dpkg -s libmariadb-dev >/dev/null 2>&1 || need_apt+=(libmariadb-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need_apt+=(python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -q >/dev/null 2>&1 || true  # a fresh machine may have no package lists yet
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
 fi
+if [ "${1:-}" = "--packages" ]; then exit 0; fi
 
 up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() {

@@ -1,21 +1,25 @@
-"""Salt's ``mysql`` returner (MySQL, MariaDB) over PyMySQL: Salt's tables, values and options."""
+"""Salt's ``mysql`` returner (MySQL, MariaDB) over mysqlclient or PyMySQL: Salt's tables, values
+and options."""
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import re
+import socket
 import ssl
 import threading
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
-import pymysql
-
+from saline.config import ConfigError
 from saline.returners import _json
 from saline.returners._sql import FIND_JOB_LIKE, cutoff_jid, jids_filter_listing, jids_listing, one_line, prepare_returns
 from saline.returners.base import BackendUnavailable, Option, Returner, ReturnerError
 from saline.returners.options import scrub, secret_values
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 TABLES = ("jids", "salt_returns", "salt_events")
 
@@ -50,12 +54,13 @@ DDL = {
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
 }
 
-_INSERT_RETURN = ("INSERT INTO `salt_returns` (`fun`, `jid`, `return`, `id`, `success`, `full_ret`) "
-                  "VALUES (%s, %s, %s, %s, %s, %s)")
+# the heads (and tail) of the multi-row INSERTs; the rows go between, escaped by the driver
+_INSERT_RETURN = "INSERT INTO `salt_returns` (`fun`, `jid`, `return`, `id`, `success`, `full_ret`) VALUES "
 # a jid already stored keeps its first load (Salt ignores the duplicate-key error); unlike
 # INSERT IGNORE this still fails loudly on anything else (a value too long, a missing column)
-_INSERT_LOAD = "INSERT INTO `jids` (`jid`, `load`) VALUES (%s, %s) ON DUPLICATE KEY UPDATE `jid` = `jid`"
-_INSERT_EVENT = "INSERT INTO `salt_events` (`tag`, `data`, `master_id`) VALUES (%s, %s, %s)"
+_INSERT_LOAD = "INSERT INTO `jids` (`jid`, `load`) VALUES "
+_INSERT_LOAD_TAIL = " ON DUPLICATE KEY UPDATE `jid` = `jid`"
+_INSERT_EVENT = "INSERT INTO `salt_events` (`tag`, `data`, `master_id`) VALUES "
 _GET_FUN = ("SELECT s.`id`, s.`full_ret` FROM `salt_returns` s JOIN "
             "(SELECT `id`, MAX(`jid`) AS `jid` FROM `salt_returns` WHERE `fun` = %s GROUP BY `id`) latest "
             "ON s.`id` = latest.`id` AND s.`jid` = latest.`jid` WHERE s.`fun` = %s")
@@ -85,6 +90,135 @@ def _escape_astral(json_text: str) -> str:
         return "\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF))
 
     return _ASTRAL.sub(pair, json_text)
+
+
+# -- the drivers -------------------------------------------------------------------------------------
+# A batch is sent as multi-row ``INSERT … VALUES (…),(…)`` statements of at most this many bytes
+# (characters with PyMySQL, whose statements are text; a single row larger than that goes alone):
+# a batch of 1,000 test.ping returns is one statement, and the statement stays far below any
+# server's max_allowed_packet. Measured: the size of the statements barely matters (see
+# docs/performance.md); what costs is one statement per row, or many small ones.
+_STATEMENT_SIZE = 1024 * 1024
+
+
+class _Driver:
+    """One DB-API driver: how to connect, its exceptions, and its escaping of values into SQL."""
+
+    name = ""  # the value of mysql.driver
+    module_name = ""  # what to import
+    package = ""  # what pip installs
+    extra = ""  # the saline extra that installs it
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.error: type[Exception] = module.MySQLError
+        self.interface_error: type[Exception] = module.InterfaceError
+
+    def connect_args(self, base: dict[str, Any], tls: dict[str, str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def row_literal(self, conn: Any) -> Callable[[tuple[Any, ...]], Any]:
+        """``(a, b)`` -> ``('a','b')``, each value escaped by the driver for this connection."""
+        raise NotImplementedError
+
+    def sql(self, text: str) -> Any:
+        """Statement text in the form the driver's statements are built in."""
+        return text
+
+    def statement_size(self, max_packet: int) -> int:
+        return max(4096, min(_STATEMENT_SIZE, max_packet - 65536))
+
+    def statements(self, conn: Any, head: str, rows: Iterable[tuple[Any, ...]], limit: int, tail: str = "") -> Iterator[Any]:
+        """``head (…),(…) tail`` statements of the rows, each under ``limit``; no value reaches
+        the SQL text without the driver's own escaping (which knows the session's charset and
+        ``NO_BACKSLASH_ESCAPES``)."""
+        literal = self.row_literal(conn)
+        start, end, comma = self.sql(head), self.sql(tail), self.sql(",")
+        parts: list[Any] = []
+        size = 0
+        for row in rows:
+            value = literal(row)
+            if parts and size + len(value) > limit:
+                yield start + comma.join(parts) + end
+                parts, size = [], 0
+            parts.append(value)
+            size += len(value) + 1
+        if parts:
+            yield start + comma.join(parts) + end
+
+
+class _MysqlClient(_Driver):
+    """mysqlclient (``MySQLdb``), the C extension over libmariadb/libmysqlclient; statements in bytes."""
+
+    name, module_name, package, extra = "mysqlclient", "MySQLdb", "mysqlclient", "mysql-c"
+
+    def connect_args(self, base: dict[str, Any], tls: dict[str, str]) -> dict[str, Any]:
+        args = dict(base)
+        if args["host"] == "localhost":
+            # the C library takes "localhost" for its Unix socket (ignoring the port); PyMySQL,
+            # and so saline until now, for TCP to this machine
+            args["host"] = "127.0.0.1"
+        if tls:
+            args["ssl"] = tls
+            # MariaDB's Connector/C refuses a server without TLS only when it verifies the
+            # server's certificate, which needs a CA; without one, _open checks the session
+            args["ssl_mode"] = "VERIFY_IDENTITY" if "ca" in tls else "REQUIRED"
+        else:
+            args["ssl_mode"] = "DISABLED"
+        args["multi_statements"] = False  # one statement per call, as with PyMySQL
+        return args
+
+    def row_literal(self, conn: Any) -> Callable[[tuple[Any, ...]], Any]:
+        return conn.literal  # a tuple -> b"(…,…)", every item through mysql_real_escape_string
+
+    def sql(self, text: str) -> Any:
+        return text.encode()
+
+
+class _PyMySQL(_Driver):
+    """PyMySQL, pure Python; statements in text."""
+
+    name, module_name, package, extra = "pymysql", "pymysql", "PyMySQL", "mysql"
+
+    def connect_args(self, base: dict[str, Any], tls: dict[str, str]) -> dict[str, Any]:
+        args = dict(base)
+        if tls:
+            args["ssl"] = tls
+        else:
+            args["ssl_disabled"] = True
+        return args
+
+    def row_literal(self, conn: Any) -> Callable[[tuple[Any, ...]], Any]:
+        escape = conn.escape  # per value: the connection's escaping (NO_BACKSLASH_ESCAPES aware)
+        return lambda row: "(" + ",".join([escape(v) for v in row]) + ")"
+
+    def statement_size(self, max_packet: int) -> int:
+        # characters: up to 4 bytes each once encoded
+        return max(4096, min(_STATEMENT_SIZE, (max_packet - 65536) // 4))
+
+
+#: ``mysql.driver: auto`` takes the first of these that can be imported
+DRIVERS: tuple[type[_Driver], ...] = (_MysqlClient, _PyMySQL)
+
+
+def load_driver(choice: Any) -> _Driver:
+    """The driver ``mysql.driver`` names (auto: mysqlclient when installed, else PyMySQL)."""
+    wanted = str(choice or "auto").strip().lower()
+    names = [d.name for d in DRIVERS]
+    if wanted not in ("auto", *names):
+        raise ConfigError(f"returner mysql: option 'driver' must be auto, {' or '.join(names)}, got {choice!r}")
+    for driver in DRIVERS:
+        if wanted not in ("auto", driver.name):
+            continue
+        try:
+            return driver(importlib.import_module(driver.module_name))
+        except ImportError as exc:
+            if wanted == "auto":
+                continue
+            why = "is not installed" if isinstance(exc, ModuleNotFoundError) else f"cannot be loaded ({one_line(exc)})"
+            raise ConfigError(f"returner mysql: mysql.driver is {driver.name}, but the Python package "
+                              f"'{driver.package}' {why}: pip install 'saline[{driver.extra}]'") from None
+    raise ConfigError("returner mysql needs the Python package 'mysqlclient' or 'PyMySQL': pip install 'saline[mysql]'")
 
 
 class MysqlReturner(Returner):
@@ -124,10 +258,20 @@ class MysqlReturner(Returner):
     with ``archive_jobs`` the rows are first copied into ``jids_archive``,
     ``salt_returns_archive`` and ``salt_events_archive``.
 
+    The driver: mysqlclient (the C extension; ``pip install 'saline[mysql-c]'``, which builds
+    against ``libmariadb-dev`` and ``pkg-config``) when it is installed, else PyMySQL
+    (``saline[mysql]``), as Salt prefers ``MySQLdb`` too; ``mysql.driver`` forces one. Both write
+    the same rows, take the same options and fail with the same one-line messages; mysqlclient
+    spends less CPU per row (docs/performance.md). ``localhost`` means TCP to this machine with
+    either (the C library alone would take its Unix socket and ignore the port).
+
     One connection per returner, opened on first use, kept, and opened again (once, at once)
-    when the server went away; a batch is one transaction with a multi-row ``INSERT``. With
-    ``ssl_ca``/``ssl_cert``/``ssl_key`` set, TLS is required (a server without TLS is an error,
-    not a silent plain-text connection); with none set, TLS is not used.
+    when the server went away; a batch is one transaction: the duplicate check, then multi-row
+    ``INSERT … VALUES (…),(…)`` statements of up to 1 MB, every value escaped by the driver.
+    With ``ssl_ca``/``ssl_cert``/``ssl_key`` set, TLS is required (a server without TLS is an
+    error, not a silent plain-text connection; with mysqlclient and no ``ssl_ca`` it is found
+    right after the handshake, before anything is written); with ``ssl_ca`` the server's
+    certificate and host name are verified. With none set, TLS is not used.
 
     Example query::
 
@@ -149,11 +293,13 @@ class MysqlReturner(Returner):
         Option("ssl_key", str, None, doc="client private key file"),
         Option("create_schema", bool, False, doc="create the database and tables, when missing, on first connect (saline)"),
         Option("connect_timeout", int, 5, doc="seconds to wait when connecting (saline)"),
+        Option("driver", str, "auto", doc="auto (mysqlclient when installed, else PyMySQL), mysqlclient or pymysql (saline)"),
     )
 
     def __init__(self, options: Mapping[str, Any], master_opts: Mapping[str, Any] | None = None) -> None:
         super().__init__(options, master_opts)
-        self._conn: pymysql.connections.Connection | None = None
+        self._driver = load_driver(self.opts.get("driver"))
+        self._conn: Any = None
         self._pid = 0
         self._lock = threading.RLock()
         self._secrets = secret_values(type(self), self.opts)
@@ -162,14 +308,18 @@ class MysqlReturner(Returner):
         self._where = f"{self.opts.get('host')}:{self.opts.get('port')}"
 
     # -- connection -----------------------------------------------------------------------------
+    @property
+    def driver(self) -> str:
+        """The driver in use: ``mysqlclient`` or ``pymysql``."""
+        return self._driver.name
+
     def ssl_options(self) -> dict[str, str]:
-        """The ``ssl=`` dict given to PyMySQL (Salt's): ``ca``, ``cert``, ``key`` when set."""
+        """The ``ssl=`` dict given to the driver (Salt's): ``ca``, ``cert``, ``key`` when set."""
         pairs = (("ca", "ssl_ca"), ("cert", "ssl_cert"), ("key", "ssl_key"))
         return {key: str(self.opts[opt]) for key, opt in pairs if self.opts.get(opt)}
 
     def connect_args(self, database: bool = True) -> dict[str, Any]:
-        """The keyword arguments of ``pymysql.connect``."""
-        tls = self.ssl_options()
+        """The keyword arguments of the driver's ``connect``."""
         args: dict[str, Any] = {
             "host": self.opts.get("host") or "salt",
             "port": int(self.opts.get("port") or 3306),
@@ -181,24 +331,49 @@ class MysqlReturner(Returner):
         }
         if database:
             args["database"] = self.opts.get("db") or "salt"
-        if tls:
-            args["ssl"] = tls
-        else:
-            args["ssl_disabled"] = True
-        return args
+        return self._driver.connect_args(args, self.ssl_options())
 
-    def _open(self, database: bool = True) -> pymysql.connections.Connection:
+    def _open(self, database: bool = True) -> Any:
+        tls = self.ssl_options()
         try:
-            return pymysql.connect(**self.connect_args(database))
-        except pymysql.MySQLError as exc:
+            if tls:
+                # the files are read here for both drivers, so a missing or malformed one is the
+                # same one line whichever reads them next (PyMySQL through ssl, the C library)
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                if tls.get("ca"):
+                    context.load_verify_locations(cafile=tls["ca"])
+                if tls.get("cert"):
+                    context.load_cert_chain(tls["cert"], tls.get("key"))
+            conn = self._driver.module.connect(**self.connect_args(database))
+        except self._driver.error as exc:
             raise self._error(exc, connecting=True) from None
         except (OSError, ssl.SSLError, ValueError) as exc:
             # reading ssl_ca/ssl_cert/ssl_key failed, or a socket error outside the driver's net
-            if self.ssl_options() and not isinstance(exc, (ConnectionError, TimeoutError)):
+            if tls and not isinstance(exc, (ConnectionError, TimeoutError)):
                 raise ReturnerError(self._line(f"cannot set up TLS from ssl_ca/ssl_cert/ssl_key: {one_line(exc)}")) from None
             raise BackendUnavailable(self._line(f"cannot connect to {self._where}: {one_line(exc)}")) from None
+        if tls:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+                    row = cur.fetchone()
+            except self._driver.error as exc:
+                self._close(conn)
+                raise self._error(exc) from None
+            if not row or not row[1]:
+                self._close(conn)
+                raise ReturnerError(self._line(f"TLS failed with {self._where}: SSL is required, but the server "
+                                               f"does not support it (mysql.ssl_ca/ssl_cert/ssl_key)"))
+        log.debug("returner mysql: connected to %s with %s", self._where, self._driver.name)
+        return conn
 
-    def _connection(self) -> pymysql.connections.Connection:
+    def _close(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except (self._driver.error, OSError):  # already broken: nothing more to release
+            pass
+
+    def _connection(self) -> Any:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         self._conn = None  # a connection inherited through fork() belongs to the parent
@@ -211,6 +386,7 @@ class MysqlReturner(Returner):
             conn = self._open()
         try:
             with conn.cursor() as cur:
+                # the batches' statements are cut to fit it, measured once per connection
                 cur.execute("SELECT @@max_allowed_packet")
                 self._max_packet = int(cur.fetchone()[0])
                 if self.opts.get("create_schema"):
@@ -218,8 +394,8 @@ class MysqlReturner(Returner):
                         cur.execute(ddl)
                 self._probe_charset(cur)
             conn.commit()
-        except pymysql.MySQLError as exc:
-            conn.close()
+        except self._driver.error as exc:
+            self._close(conn)
             raise self._error(exc) from None
         self._conn, self._pid = conn, os.getpid()
         return conn
@@ -233,10 +409,7 @@ class MysqlReturner(Returner):
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
-            try:
-                conn.close()
-            except (pymysql.MySQLError, OSError):  # already broken: nothing more to release
-                pass
+            self._close(conn)
 
     def _run(self, work: Callable[[Any], T]) -> T:
         """Run ``work(cursor)`` in one transaction; reconnect and retry once if the server went away."""
@@ -248,22 +421,22 @@ class MysqlReturner(Returner):
                         result = work(cur)
                     conn.commit()
                     return result
-                except pymysql.MySQLError as exc:
+                except self._driver.error as exc:
                     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-                    if code in _DISCONNECTED or isinstance(exc, pymysql.err.InterfaceError):
+                    if code in _DISCONNECTED or isinstance(exc, self._driver.interface_error):
                         self._drop()
                         if attempt == 1:
                             continue
                     else:
                         try:
                             conn.rollback()
-                        except pymysql.MySQLError:
+                        except self._driver.error:
                             self._drop()
                     raise self._error(exc) from None
                 except BaseException:
                     try:  # e.g. a return too large to send: leave no transaction open
                         conn.rollback()
-                    except pymysql.MySQLError:
+                    except self._driver.error:
                         self._drop()
                     raise
             raise AssertionError("unreachable")  # the loop returns or raises
@@ -299,15 +472,35 @@ class MysqlReturner(Returner):
                                             f"(see docs/returners/mysql.md)"))
         if code == _SSL_ERROR:
             return ReturnerError(self._line(f"TLS failed with {self._where}: {text} (mysql.ssl_ca/ssl_cert/ssl_key)"))
-        if code in _TRANSIENT or isinstance(exc, pymysql.err.InterfaceError):
+        if code in _TRANSIENT or isinstance(exc, self._driver.interface_error):
             detail = text or "connection lost"
             if connecting or code in (2002, 2003, 2005):
-                # "Can't connect to MySQL server on 'h' ([Errno 111] Connection refused)" -> the reason
-                found = re.search(r"\((?:\[Errno -?\d+\] )?([^()]*)\)\s*$", detail)
-                reason = found.group(1).lower() if found else detail
-                return BackendUnavailable(self._line(f"cannot connect to {self._where} ({reason})"))
+                return BackendUnavailable(self._line(f"cannot connect to {self._where} ({self._reason(detail)})"))
             return BackendUnavailable(self._line(f"{detail} ({self._where})"))
         return ReturnerError(self._line(f"{text} (error {code})" if code else text))
+
+    def _reason(self, detail: str) -> str:
+        """Why connecting failed, from the driver's message: PyMySQL's "Can't connect to MySQL
+        server on 'h' ([Errno 111] Connection refused)", or the C library's "Can't connect to
+        server on 'h' (115)" and "…, system error: 110", which give an errno only."""
+        found = re.search(r"\((?:\[Errno -?\d+\] )?([^()]*)\)\s*$", detail)
+        if not found:
+            return re.sub(r"system error: (\d+)", lambda m: f"system error: {os.strerror(int(m.group(1))).lower()}", detail)
+        reason = found.group(1).strip()
+        if re.fullmatch(r"-?\d+", reason):
+            # after a connect with a timeout the C library reports the errno of the connect
+            # call (115, in progress), not the refusal: ask the network directly
+            reason = self._tcp_reason() or ("unknown host" if reason.startswith("-") else os.strerror(int(reason)))
+        return reason.lower()
+
+    def _tcp_reason(self) -> str | None:
+        """Why a plain TCP connection to the server fails now; None when it does not."""
+        args = self.connect_args(database=False)
+        try:
+            socket.create_connection((args["host"], args["port"]), timeout=min(args["connect_timeout"], 3)).close()
+        except OSError as exc:
+            return exc.strerror or one_line(exc) or type(exc).__name__
+        return None
 
     def _check_size(self, what: str, *texts: str) -> None:
         total = sum(len(t) for t in texts)
@@ -334,6 +527,12 @@ class MysqlReturner(Returner):
             rows.append((fun[:_WIDTHS["fun"]], jid, value, minion[:_WIDTHS["id"]], bool(ret.get("success")), full))
         return rows
 
+    def _insert(self, cur: Any, head: str, rows: list[tuple[Any, ...]], tail: str = "") -> None:
+        """The rows as multi-row INSERT statements, cut to stay far below max_allowed_packet."""
+        limit = self._driver.statement_size(self._max_packet)
+        for statement in self._driver.statements(cur.connection, head, rows, limit, tail):
+            cur.execute(statement)  # no arguments: the driver does no %-formatting of the text
+
     def returns(self, rets: list[dict[str, Any]]) -> None:
         rets = prepare_returns(self, rets)
         if not rets:
@@ -352,8 +551,7 @@ class MysqlReturner(Returner):
                 if key not in seen:
                     seen.add(key)
                     fresh.append(row)
-            if fresh:
-                cur.executemany(_INSERT_RETURN, fresh)
+            self._insert(cur, _INSERT_RETURN, fresh)
 
         self._run(work)
 
@@ -367,7 +565,7 @@ class MysqlReturner(Returner):
                 text = _json.dumps(load)
                 self._check_size(f"the load of job {jid}", text)
                 rows.append((_json.text(jid), _escape_astral(text) if self._narrow else text))
-            cur.executemany(_INSERT_LOAD, rows)
+            self._insert(cur, _INSERT_LOAD, rows, _INSERT_LOAD_TAIL)
 
         self._run(work)
 
@@ -384,7 +582,7 @@ class MysqlReturner(Returner):
                 if self._narrow:
                     tag, data = _ASTRAL.sub("\ufffd", tag), _escape_astral(data)
                 rows.append((tag[:_WIDTHS["tag"]], data, master))
-            cur.executemany(_INSERT_EVENT, rows)
+            self._insert(cur, _INSERT_EVENT, rows)
 
         self._run(work)
 
@@ -454,10 +652,10 @@ class MysqlReturner(Returner):
             with conn.cursor() as cur:
                 db = str(self.opts.get("db") or "salt").replace("`", "``")
                 cur.execute(f"CREATE DATABASE IF NOT EXISTS `{db}` DEFAULT CHARACTER SET utf8mb4")
-        except pymysql.MySQLError as exc:
+        except self._driver.error as exc:
             raise self._error(exc) from None
         finally:
-            conn.close()
+            self._close(conn)
 
     def init_schema(self) -> None:
         """Create the database (when missing and the user may) and Salt's three tables."""

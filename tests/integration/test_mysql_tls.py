@@ -75,18 +75,27 @@ def tls_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         proc.wait(30)
 
 
-def _opts(server: dict, master_opts: dict, **ssl: str) -> dict:
+@pytest.fixture(params=["mysqlclient", "pymysql"])
+def driver(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _opts(server: dict, master_opts: dict, driver: str, **ssl: str) -> dict:
     return {**master_opts, "mysql.host": "127.0.0.1", "mysql.port": server["port"], "mysql.user": "salt",
-            "mysql.pass": "tls-only-pass", "mysql.db": "salt", **{f"mysql.{k}": v for k, v in ssl.items()}}
+            "mysql.pass": "tls-only-pass", "mysql.db": "salt", "mysql.driver": driver,
+            **{f"mysql.{k}": v for k, v in ssl.items()}}
 
 
-def test_ssl_ca_gives_a_tls_connection_that_stores_returns(tls_mariadb: dict, master_opts: dict) -> None:
-    returner = registry.create("mysql", _opts(tls_mariadb, master_opts, ssl_ca=str(tls_mariadb["ca"])))
+def test_ssl_ca_gives_a_tls_connection_that_stores_returns(tls_mariadb: dict, master_opts: dict, driver: str) -> None:
+    returner = registry.create("mysql", _opts(tls_mariadb, master_opts, driver, ssl_ca=str(tls_mariadb["ca"])))
     returner.init_schema()
     jid = gen_jid()
     returner.returns([{"id": "tls1", "jid": jid, "fun": "test.ping", "fun_args": [], "return": True,
                        "retcode": 0, "success": True}])
     assert returner.get_jid(jid)["tls1"]["return"] is True
+    with returner._conn.cursor() as cur:  # the returner's own session is encrypted
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        assert cur.fetchone()[1]
     returner.close()
     admin = pymysql.connect(unix_socket=str(tls_mariadb["socket"]), user="root")
     with admin.cursor() as cur:
@@ -101,8 +110,8 @@ def test_ssl_ca_gives_a_tls_connection_that_stores_returns(tls_mariadb: dict, ma
     probe.close()
 
 
-def test_without_tls_the_server_refuses_in_one_line(tls_mariadb: dict, master_opts: dict) -> None:
-    returner = registry.create("mysql", _opts(tls_mariadb, master_opts))
+def test_without_tls_the_server_refuses_in_one_line(tls_mariadb: dict, master_opts: dict, driver: str) -> None:
+    returner = registry.create("mysql", _opts(tls_mariadb, master_opts, driver))
     with pytest.raises(ReturnerError) as caught:
         returner.returns([{"id": "x", "jid": gen_jid(), "fun": "test.ping", "return": True, "success": True}])
     message = str(caught.value)
@@ -110,9 +119,23 @@ def test_without_tls_the_server_refuses_in_one_line(tls_mariadb: dict, master_op
     assert "access denied" in message.lower()
 
 
-def test_a_wrong_ca_is_refused_in_one_line(tls_mariadb: dict, master_opts: dict, tmp_path: Path) -> None:
+def test_a_wrong_ca_is_refused_in_one_line(tls_mariadb: dict, master_opts: dict, tmp_path: Path, driver: str) -> None:
     other = _certificates(tmp_path)
-    returner = registry.create("mysql", _opts(tls_mariadb, master_opts, ssl_ca=str(other["ca"])))
+    returner = registry.create("mysql", _opts(tls_mariadb, master_opts, driver, ssl_ca=str(other["ca"])))
     with pytest.raises(ReturnerError) as caught:
         returner.returns([{"id": "x", "jid": gen_jid(), "fun": "test.ping", "return": True, "success": True}])
     assert str(caught.value).startswith("returner mysql") and "\n" not in str(caught.value)
+
+
+def test_a_client_certificate_without_ca_is_tls_unverified(tls_mariadb: dict, master_opts: dict, driver: str) -> None:
+    """ssl_cert/ssl_key alone: TLS (required), the server's certificate not checked (as PyMySQL)."""
+    returner = registry.create("mysql", _opts(tls_mariadb, master_opts, driver, ssl_cert=str(tls_mariadb["cert"]),
+                                              ssl_key=str(tls_mariadb["key"])))
+    returner.init_schema()
+    jid = gen_jid()
+    returner.returns([{"id": "tls2", "jid": jid, "fun": "test.ping", "return": True, "success": True}])
+    assert list(returner.get_jid(jid)) == ["tls2"]
+    with returner._conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        assert cur.fetchone()[1]
+    returner.close()

@@ -1,9 +1,11 @@
-"""mysql: what is special to it, on the real MariaDB server (the contract suite covers the rest)."""
+"""mysql: what is special to it, on the real MariaDB server (the contract suite covers the rest),
+with each driver (mysqlclient and PyMySQL)."""
 
 from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import time
 import uuid
 from typing import Any, Iterator
@@ -62,10 +64,17 @@ def account(mysql_db: dict[str, Any]) -> Iterator[dict[str, str]]:
         conn.close()
 
 
+@pytest.fixture(params=["mysqlclient", "pymysql"])
+def driver(request: pytest.FixtureRequest) -> str:
+    """Every test here runs with each driver (mysql.driver forces it; auto takes mysqlclient)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def opts(master_opts: dict[str, Any], mysql_db: dict[str, Any], account: dict[str, str]) -> dict[str, Any]:
+def opts(master_opts: dict[str, Any], mysql_db: dict[str, Any], account: dict[str, str], driver: str) -> dict[str, Any]:
     return {**master_opts, "mysql.host": mysql_db["host"], "mysql.port": mysql_db["port"],
-            "mysql.user": account["user"], "mysql.pass": account["password"], "mysql.db": mysql_db["db"]}
+            "mysql.user": account["user"], "mysql.pass": account["password"], "mysql.db": mysql_db["db"],
+            "mysql.driver": driver}
 
 
 @pytest.fixture
@@ -291,31 +300,61 @@ def test_wrong_password(opts: dict[str, Any], account: dict[str, str]) -> None:
 
 
 # -- TLS --------------------------------------------------------------------------------------------
-def test_tls_options_reach_pymysql(opts: dict[str, Any], tmp_path: Any) -> None:
+def _self_signed(folder: Any) -> tuple[str, str]:
+    cert, key = folder / "client.pem", folder / "client.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=client",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def test_tls_options_reach_the_driver(opts: dict[str, Any], driver: str, tmp_path: Any, mysql_db: dict[str, Any]) -> None:
     plain = registry.create("mysql", opts)
-    assert plain.ssl_options() == {}
-    assert plain.connect_args()["ssl_disabled"] is True and "ssl" not in plain.connect_args()
+    assert plain.ssl_options() == {} and "ssl" not in plain.connect_args()
+    if driver == "pymysql":
+        assert plain.connect_args()["ssl_disabled"] is True
+    else:
+        assert plain.connect_args()["ssl_mode"] == "DISABLED"
 
     ca = "/etc/ssl/certs/ca-certificates.crt"
     tls = registry.create("mysql", {**opts, "mysql.ssl_ca": ca, "mysql.ssl_cert": "None", "mysql": {"ssl_key": ""}})
     assert tls.ssl_options() == {"ca": ca}  # "None" and "" mean unset, as in Salt
     args = tls.connect_args()
     assert args["ssl"] == {"ca": ca} and "ssl_disabled" not in args
-    # what PyMySQL makes of it: TLS required, the CA loaded, the server's certificate verified
-    conn = pymysql.connections.Connection(**args, defer_connect=True)
-    assert conn.ssl and conn.ctx.verify_mode == ssl.CERT_REQUIRED and conn.ctx.check_hostname
-    assert conn.ctx.cert_store_stats()["x509_ca"] > 0
+    if driver == "pymysql":
+        # what PyMySQL makes of it: TLS required, the CA loaded, the server's certificate verified
+        conn = pymysql.connections.Connection(**args, defer_connect=True)
+        assert conn.ssl and conn.ctx.verify_mode == ssl.CERT_REQUIRED and conn.ctx.check_hostname
+        assert conn.ctx.cert_store_stats()["x509_ca"] > 0
+    else:
+        # the C library: TLS required, certificate and host name verified (test_mysql_tls.py
+        # shows it against a server with TLS)
+        assert args["ssl_mode"] == "VERIFY_IDENTITY"
     # this server has no TLS: required TLS is an error, never a silent plain-text connection
     with pytest.raises(ReturnerError) as info:
         tls.returns([ping(gen_jid(), "a")])
     assert "TLS failed" in str(info.value) and "SSL is required" in str(info.value)
 
-    cert = tmp_path / "client.pem"
-    cert.write_text("not a certificate\n")
-    both = registry.create("mysql", {**opts, "mysql.ssl_cert": str(cert), "mysql.ssl_key": str(cert)})
-    assert both.ssl_options() == {"cert": str(cert), "key": str(cert)}
+    # a client certificate without a CA: TLS required, the server's certificate not verified
+    cert, key = _self_signed(tmp_path)
+    client = registry.create("mysql", {**opts, "mysql.ssl_cert": cert, "mysql.ssl_key": key})
+    assert client.connect_args()["ssl"] == {"cert": cert, "key": key}
+    if driver == "mysqlclient":
+        assert client.connect_args()["ssl_mode"] == "REQUIRED"
+    with pytest.raises(ReturnerError) as info:  # with mysqlclient: found right after the handshake
+        client.returns([ping(gen_jid(), "a")])
+    assert "TLS failed" in str(info.value) and "SSL is required" in str(info.value), str(info.value)
+    assert not isinstance(info.value, BackendUnavailable)
+
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    both = registry.create("mysql", {**opts, "mysql.ssl_cert": str(bad), "mysql.ssl_key": str(bad)})
+    assert both.ssl_options() == {"cert": str(bad), "key": str(bad)}
     with pytest.raises(ReturnerError, match="cannot set up TLS from ssl_ca/ssl_cert/ssl_key"):
         both.returns([ping(gen_jid(), "a")])
+    missing = registry.create("mysql", {**opts, "mysql.ssl_ca": str(tmp_path / "missing.pem")})
+    with pytest.raises(ReturnerError, match="cannot set up TLS from ssl_ca/ssl_cert/ssl_key: .*No such file"):
+        missing.returns([ping(gen_jid(), "a")])
+    assert query(mysql_db, "SHOW TABLES") == []  # nothing was written in plain text
 
 
 # -- the connection ------------------------------------------------------------------------------------

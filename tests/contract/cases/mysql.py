@@ -2,7 +2,8 @@
 
 The returner connects as a dedicated account with a password (an empty password means "unset"
 in Salt's option rules, so root's empty one cannot be configured): ``saline_contract``, allowed
-on the throwaway test databases ``saline_t_*`` only.
+on the throwaway test databases ``saline_t_*`` only. ``case(driver)`` gives the same case with
+``mysql.driver`` forced.
 """
 
 from __future__ import annotations
@@ -57,13 +58,23 @@ def _count_events(values: dict[str, Any], tmp_path: Path, jid: str) -> int:
     return _scalar(values, "SELECT COUNT(*) FROM salt_events WHERE tag LIKE %s", f"%{jid}%")
 
 
-CASES = [
-    ContractCase(
+def case(driver: str = "auto") -> ContractCase:
+    """The mysql case with ``mysql.driver`` set to ``driver``."""
+
+    def config(values: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+        return {**_config(values, tmp_path), "mysql.driver": driver}
+
+    return ContractCase(
         name="mysql",
         fixtures=("mysql_db",),
-        config=_config,
+        config=config,
         # nothing listens on port 1; the password must never appear in the error
         unreachable=lambda values, tmp_path: {"mysql.port": 1, "mysql.pass": UNREACHABLE_PASSWORD},
         extra={"count": _count, "count_events": _count_events, "duplicates": "ignored"},
-    ),
-]
+    )
+
+
+# The whole table runs on the driver a user gets (auto: mysqlclient, installed by the test
+# extra); tests/integration/test_mysql_drivers.py runs the table again on PyMySQL, but for
+# test_clean_old_jobs (seconds of waiting; its SQL runs on both drivers in test_returner_mysql.py).
+CASES = [case("auto")]
