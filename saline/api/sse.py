@@ -2,8 +2,8 @@
 
 The stream starts with ``retry: 400``; each event is ``tag: <tag>`` then ``data: {"tag", "data"}``
 and a blank line, as rest_cherrypy writes them. The events come from the master's local socket
-into a buffer bounded in events and bytes (``events_buffer_events``, ``events_buffer_bytes``): a
-client that reads slower than events come fills it, and is then cut off: its subscription to the
+into a buffer bounded in events and bytes (``events_buffer_events``, ``events_buffer_bytes``; one event
+alone always fits): a client that reads slower than events come fills it, and is then cut off: its subscription to the
 master is closed at once, the buffer dropped, and the stream ends with one last event
 ``saline/api/events/closed`` whose data says why, and the connection is closed (a client that
 reads nothing at all is dropped 30 s later). So a slow or stuck client costs at most its buffer
@@ -51,9 +51,12 @@ class _Buffer:
         self.max_events, self.max_bytes = max_events, max_bytes
         self.ready = asyncio.Event()
         self.cut: str | None = None
+        self.done = False  # the stream is over: the writer stops at its next step
 
     def put(self, data: bytes) -> bool:
-        if len(self.items) + 1 > self.max_events or self.size + len(data) > self.max_bytes:
+        # one event alone always fits (it is in memory already): a client reading at once gets even
+        # an event larger than the bound; more waiting behind it than the bound allows is a cut
+        if self.items and (len(self.items) + 1 > self.max_events or self.size + len(data) > self.max_bytes):
             self.cut = (f"the client read too slowly: more than {self.max_events} events or {self.max_bytes} bytes "
                         "waited for it")
             self.items.clear()
@@ -77,19 +80,24 @@ async def _read(link: MasterLink, buf: _Buffer) -> str:
 
 
 async def _write(resp: web.StreamResponse, buf: _Buffer, alive: Callable[[], bool]) -> str:
-    while True:
+    # buf.done is checked after every wait: Python 3.11's wait_for can swallow a cancellation that
+    # comes as the awaited event is set, so cancelling this task alone may not end it
+    while not buf.done:
         if not buf.items:
             buf.ready.clear()
             try:
                 await asyncio.wait_for(buf.ready.wait(), SESSION_CHECK_SECONDS)
             except asyncio.TimeoutError:
                 pass
+        if buf.done:
+            break
         if not alive():
             return "the session expired or was logged out"
-        while buf.items:
+        while buf.items and not buf.done:
             data = buf.items.popleft()
             buf.size -= len(data)
             await resp.write(data)
+    return buf.cut or "closed"
 
 
 async def serve(request: web.Request, link: MasterLink, alive: Callable[[], bool], max_events: int,
@@ -105,9 +113,11 @@ async def serve(request: web.Request, link: MasterLink, alive: Callable[[], bool
     try:
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        buf.done = True
+        buf.ready.set()
         for task in (reader, writer):
             task.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
+        await asyncio.wait({reader, writer}, timeout=LAST_WRITE_SECONDS)
         stats["events_streams"] -= 1
     finished = done.pop()
     if finished.exception() is not None:  # the client went away: nothing more to say

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_job_events_in_salts_format(api: Api) -> None:
     token = api.login()
     stream = requests.get(api.url + "/events", params={"token": token}, stream=True, timeout=30)
     assert stream.status_code == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
-    lines = stream.iter_lines(decode_unicode=True)
+    lines = stream.iter_lines(chunk_size=65536, decode_unicode=True)
     assert next(lines) == "retry: 400"
     seen: list[tuple[str, dict[str, Any]]] = []
     jid = None
@@ -74,7 +75,7 @@ def test_cookie_and_salt_token_auth_and_the_end_with_the_session(api: Api) -> No
     other.close()
     assert requests.get(api.url + "/events", timeout=10).status_code == 401
     assert requests.get(api.url + "/events", params={"token": "ab" * 20}, timeout=10).status_code == 401
-    lines = stream.iter_lines(decode_unicode=True)
+    lines = stream.iter_lines(chunk_size=65536, decode_unicode=True)
     assert next(lines) == "retry: 400"
     began = time.monotonic()
     api.post("/logout", {}, token)
@@ -130,10 +131,10 @@ def test_slow_consumer_is_cut_off_and_memory_stays_flat(api: Api) -> None:
 def test_async_runner_and_wheel_answer_through_events(api: Api) -> None:
     token = api.login()
     stream = requests.get(api.url + "/events", headers={"X-Auth-Token": token}, stream=True, timeout=30)
-    lines = stream.iter_lines(decode_unicode=True)
+    lines = stream.iter_lines(chunk_size=65536, decode_unicode=True)
     assert next(lines) == "retry: 400"
     time.sleep(0.3)
-    run = api.post("/", {"client": "runner_async", "fun": "jobs.list_jobs"}, token).json()["return"][0]
+    run = api.post("/", {"client": "runner_async", "fun": "returners.list"}, token).json()["return"][0]
     wheel = api.post("/", {"client": "wheel_async", "fun": "key.list_all"}, token).json()["return"][0]
     wanted = {f"{run['tag']}/ret", f"{wheel['tag']}/ret"}
     found: dict[str, Any] = {}
@@ -143,6 +144,23 @@ def test_async_runner_and_wheel_answer_through_events(api: Api) -> None:
             if len(found) == 2:
                 break
     stream.close()
-    assert found[f"{run['tag']}/ret"]["success"] is True and isinstance(found[f"{run['tag']}/ret"]["return"], dict)
+    assert found[f"{run['tag']}/ret"]["success"] is True and "mysql" in found[f"{run['tag']}/ret"]["return"]
     assert found[f"{wheel['tag']}/ret"]["jid"] == wheel["jid"]
     assert found[f"{wheel['tag']}/ret"]["return"]["minions"] == ["db1", "web1"]
+
+
+def test_one_event_larger_than_the_buffer_still_reaches_a_client_that_reads(api: Api) -> None:
+    token = api.login()
+    stream = requests.get(api.url + "/events", params={"token": token}, stream=True, timeout=30)
+    lines = stream.iter_lines(chunk_size=1 << 20, decode_unicode=True)
+    assert next(lines) == "retry: 400"
+    time.sleep(0.3)
+    big = "y" * (5 * 1024 * 1024)  # more than events_buffer_bytes (4 MB), alone; made on the minion
+    low = {"client": "local_async", "tgt": "web1", "fun": "cmd.run", "arg": [f"{sys.executable} -c \"print('y' * {len(big)})\""]}
+    jid = api.post("/", low, token).json()["return"][0]["jid"]
+    for tag, body in _events(lines):
+        assert tag != "saline/api/events/closed", body
+        if tag == f"salt/job/{jid}/ret/web1":
+            assert body["data"]["return"] == big
+            break
+    stream.close()
