@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         web.run_app(app, host=api_opts.host, port=api_opts.port, ssl_context=ssl_context, access_log=None,
                     print=lambda _msg: print(f"saline-api listening on {scheme}://{api_opts.host}:{api_opts.port}",
                                              flush=True),
-                    handle_signals=True)
+                    handle_signals=True, shutdown_timeout=5.0)  # open event streams end at a stop
     except OSError as exc:
         fail(f"saline-api: cannot listen on {api_opts.host}:{api_opts.port}: {exc.strerror or exc}")
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ class Alcali:
         return done.stdout
 
     def stop(self) -> None:
-        self.proc.terminate()
+        self.proc.send_signal(signal.SIGINT)  # gunicorn's quick shutdown (SIGTERM waits for its workers)
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
