@@ -1,0 +1,195 @@
+"""One NATS connection per process, on an asyncio loop of its own, callable from anywhere.
+
+nats-py is asyncio; the parts of saline that use the cluster are not all on a loop (the outbox
+seam is called from the master's loop thread and from delivery worker threads alike). The bridge
+runs the connection on a private loop in a daemon thread; :meth:`NatsBridge.call` runs a coroutine
+there and waits for its result with a timeout.
+
+Connection policy (nats-py's defaults are a LAN client's, not a daemon's):
+
+* the first connection fails fast, with one line naming the servers and the cause (nats-py
+  would otherwise walk its reconnect rules for minutes);
+* afterwards an outage is waited out for ever (``max_reconnect_attempts=-1``), pinging every
+  few seconds so that a silent server is noticed in seconds, not minutes;
+* errors nats-py reports only to its error callback (a permissions violation makes the request
+  itself just time out) are logged as one line each, never a traceback;
+* replies come on the cluster's own inbox prefix (no other cluster may subscribe there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ssl
+import threading
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+from saline.cluster.config import ClusterConfig, ClusterError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: how often the connection pings its server (a dead server is noticed after two missed pings)
+PING_SECONDS = 5
+#: errors of the same kind are logged at most this often
+ERROR_EVERY = 30.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class NatsBridge:
+    """The process's NATS connection (``nc``) and JetStream context (``js``) on a private loop."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="saline-nats", daemon=True)
+        self._thread.start()
+        self.nc: Any = None
+        self.js: Any = None
+        self.connected = threading.Event()
+        self._said: dict[str, float] = {}
+        self.on_reconnect: list[Callable[[], Any]] = []
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    # -- calling into the loop ---------------------------------------------------------------
+    def call(self, coro: Awaitable[T], timeout: float | None = 30.0) -> T:
+        """Run ``coro`` on the bridge's loop and wait for its result (its exception, re-raised);
+        TimeoutError after ``timeout`` seconds (the coroutine is cancelled)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no answer from NATS within {timeout:g} s") from None
+
+    def submit(self, coro: Awaitable[T]) -> "concurrent.futures.Future[T]":
+        """Run ``coro`` on the bridge's loop without waiting."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    # -- the connection ------------------------------------------------------------------------
+    def connect(self) -> "NatsBridge":
+        """Connect (fail fast, one line); afterwards reconnect for ever."""
+        try:
+            self.call(self._connect(), timeout=self.config.connect_timeout * 2 + 5)
+        except ClusterError:
+            raise
+        except Exception as exc:
+            raise ClusterError(f"cannot connect to NATS at {', '.join(self.config.servers)}: {_one_line(exc)}") from None
+        return self
+
+    def _tls(self) -> ssl.SSLContext | None:
+        c = self.config
+        if not (c.tls_ca or c.tls_cert or any(s.startswith("tls://") for s in c.servers)):
+            return None
+        ctx = ssl.create_default_context(cafile=c.tls_ca) if c.tls_ca else ssl.create_default_context()
+        if c.tls_cert and c.tls_key:
+            ctx.load_cert_chain(c.tls_cert, c.tls_key)
+        return ctx
+
+    async def _connect(self) -> None:
+        import nats
+
+        c = self.config
+        options: dict[str, Any] = {
+            "servers": list(c.servers), "name": c.name, "inbox_prefix": c.inbox_prefix,
+            "connect_timeout": c.connect_timeout, "reconnect_time_wait": 0.5,
+            # fail fast the first time: nats-py otherwise retries its whole list for minutes
+            "max_reconnect_attempts": 1, "ping_interval": PING_SECONDS, "max_outstanding_pings": 2,
+            "error_cb": self._error, "disconnected_cb": self._disconnected, "reconnected_cb": self._reconnected,
+            "allow_reconnect": True,
+        }
+        try:
+            tls = self._tls()
+        except (OSError, ssl.SSLError) as exc:
+            raise ClusterError(f"NATS TLS files: {_one_line(exc)}") from None
+        if tls is not None:
+            options["tls"] = tls
+        if c.user:
+            options["user"] = c.user
+            if c.password:
+                options["password"] = c.password
+        if c.nkey_seed:
+            options["nkeys_seed"] = c.nkey_seed
+        if c.creds:
+            options["user_credentials"] = c.creds
+        self._first = True
+        nc = await nats.connect(**options)
+        nc.options["max_reconnect_attempts"] = -1  # from now on an outage is waited out
+        self._first = False
+        self.nc = nc
+        self.js = nc.jetstream(timeout=5)
+        self.connected.set()
+
+    async def _error(self, exc: Exception) -> None:
+        if getattr(self, "_first", False):
+            return  # the first connection's failure is raised to the caller, in one line
+        text = _one_line(exc)
+        kind = text.split(":")[0]
+        now = time.monotonic()
+        if now - self._said.get(kind, -ERROR_EVERY) >= ERROR_EVERY:
+            self._said[kind] = now
+            log.warning("NATS: %s", text)
+
+    async def _disconnected(self) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            log.warning("NATS: disconnected from %s; reconnecting", ", ".join(self.config.servers))
+
+    async def _reconnected(self) -> None:
+        self.connected.set()
+        url = getattr(self.nc, "connected_url", None)
+        log.warning("NATS: reconnected (%s)", getattr(url, "netloc", url) if url else "?")
+        for callback in list(self.on_reconnect):
+            try:
+                result = callback()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception as exc:  # a callback's failure must not end the connection
+                log.warning("NATS: after reconnecting: %s", _one_line(exc))
+
+    def close(self) -> None:
+        async def drain() -> None:
+            if self.nc is not None and not self.nc.is_closed:
+                try:
+                    await asyncio.wait_for(self.nc.drain(), 5)
+                except Exception:  # closing anyway
+                    await self.nc.close()
+
+        if self._thread.is_alive():
+            try:
+                self.call(drain(), timeout=10)
+            except Exception as exc:
+                log.debug("NATS: closing: %s", _one_line(exc))
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+
+_shared: dict[ClusterConfig, NatsBridge] = {}
+_shared_lock = threading.Lock()
+
+
+def shared(config: ClusterConfig) -> NatsBridge:
+    """The process's bridge for ``config`` (connected on first use)."""
+    with _shared_lock:
+        bridge = _shared.get(config)
+        if bridge is None:
+            bridge = _shared[config] = NatsBridge(config).connect()
+        return bridge
+
+
+def close_shared() -> None:
+    with _shared_lock:
+        bridges = list(_shared.values())
+        _shared.clear()
+    for bridge in bridges:
+        bridge.close()
