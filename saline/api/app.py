@@ -103,15 +103,21 @@ class Api:
 
     # -- sessions ----------------------------------------------------------------------------------
     def session(self, request: web.Request, query: bool = False) -> Session:
-        token = request.headers.get("X-Auth-Token") or request.cookies.get("session_id")
+        """The live session of the request: its X-Auth-Token header, else (for /events) ``?token=``
+        or ``?salt_token=``, else its session_id cookie; the first that is valid wins (a browser
+        may still hold the cookie of an older session)."""
+        tokens = [request.headers.get("X-Auth-Token")]
         if query:
-            token = token or request.query.get("token") or request.query.get("salt_token")
-        if not token:
+            tokens += [request.query.get("token"), request.query.get("salt_token")]
+        tokens.append(request.cookies.get("session_id"))
+        given = [t for t in tokens if t]
+        if not given:
             raise ApiError(401, "No authentication credentials: log in at /login and send X-Auth-Token")
-        session = self.tokens.get(token)
-        if session is None:
-            raise ApiError(401, "The session is not valid: it expired or was logged out; log in again")
-        return session
+        for token in given:
+            session = self.tokens.get(token)
+            if session is not None:
+                return session
+        raise ApiError(401, "The session is not valid: it expired or was logged out; log in again")
 
     def _throttle(self, request: web.Request) -> None:
         window = self.opts.failed_login_window
