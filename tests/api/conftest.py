@@ -8,6 +8,7 @@ small HTTP endpoint in the test answering as Alcali's token check does).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -140,6 +141,24 @@ class Api:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def chromium(profile: Path) -> Any:
+    """Debian's headless Chromium driven by selenium through Debian's chromedriver (never a download)."""
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must never fetch a driver or a browser
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(exe).exists():
+            pytest.fail(f"{exe} is missing: run scripts/services.sh (scripts/services.d/api-clients.sh)", pytrace=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
 
 
 @pytest.fixture(scope="package")

@@ -22,7 +22,7 @@ import requests
 
 from saline.localcluster import LocalCluster, free_port
 
-from .conftest import Api
+from .conftest import Api, chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -82,22 +82,6 @@ class Alcali:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def _browser(profile: Path) -> Any:
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must never fetch a driver or a browser
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        _need(Path(exe), exe)
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,900"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
 
 
 def _wait_text(driver: Any, words: list[str], timeout: float = 30) -> str:
@@ -172,7 +156,7 @@ def test_alcali_shows_salines_jobs_and_events(stack: tuple[LocalCluster, Api, Al
 
     shots = Path(os.environ.get("SALINE_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    driver = _browser(tmp_path / "chromium-profile")
+    driver = chromium(tmp_path / "chromium-profile")
     try:
         driver.get(alcali.url + "/#/login")  # Alcali's Vue router uses the hash
         _wait_text(driver, ["SIGN IN"], 30)
