@@ -54,7 +54,7 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     **_COMMON,
     "open_mode": ((bool,), False),
     "auto_accept": ((bool,), False),
-    "master_job_cache": ((str,), "saline_cache"),
+    "master_job_cache": ((str,), None),  # saline_cache, or nats in a cluster (see _finish)
     "ext_job_cache": ((str,), None),
     "job_cache": ((bool,), True),
     "event_return": ((str, list), None),
@@ -78,6 +78,19 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     # trust on first use: the master's public key served on a port of its own
     "serve_master_pub": ((bool,), True),
     "master_pub_port": ((int,), 4507),
+    # several masters on one NATS JetStream cluster (docs/scale-out.md)
+    "cluster_id": ((str,), None),
+    "nats_servers": ((list, str), None),
+    "nats_user": ((str,), None),
+    "nats_password": ((str,), None),
+    "nats_nkey_seed": ((str,), None),
+    "nats_creds": ((str,), None),
+    "nats_tls_ca": ((str,), None),
+    "nats_tls_cert": ((str,), None),
+    "nats_tls_key": ((str,), None),
+    "nats_replicas": ((int,), None),
+    "nats_connect_timeout": ((int, float), 5),
+    "master_delivers": ((bool,), True),
     # what unknown keys may make the master write
     "max_pending_keys": ((int,), 5000),
     "pending_hellos_per_second": ((int, float), 100),
@@ -239,6 +252,9 @@ def _finish(role: str, opts: dict[str, Any]) -> None:
         opts["id"] = socket.getfqdn() if role == "minion" else f"{socket.gethostname()}_master"
     if role == "master" and not opts.get("master_id"):
         opts["master_id"] = opts["id"]
+    if role == "master" and not opts.get("master_job_cache"):
+        # a cluster's job cache is its stream, the same on every master; a single master's, its outbox
+        opts["master_job_cache"] = "nats" if opts.get("nats_servers") else "saline_cache"
     if opts.get("keep_jobs_seconds") is None:
         opts["keep_jobs_seconds"] = int(float(opts.get("keep_jobs") or 0) * 3600)
     for key in ("returner_dirs", "module_dirs"):

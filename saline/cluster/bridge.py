@@ -55,6 +55,9 @@ class NatsBridge:
         self.js: Any = None
         self.connected = threading.Event()
         self._said: dict[str, float] = {}
+        #: the last error the server reported on the side (a permissions violation makes the
+        #: request itself only time out): (when, one line)
+        self.last_error: tuple[float, str] | None = None
         self.on_reconnect: list[Callable[[], Any]] = []
 
     def _run(self) -> None:
@@ -136,6 +139,7 @@ class NatsBridge:
         text = _one_line(exc)
         kind = text.split(":")[0]
         now = time.monotonic()
+        self.last_error = (time.time(), text)
         if now - self._said.get(kind, -ERROR_EVERY) >= ERROR_EVERY:
             self._said[kind] = now
             log.warning("NATS: %s", text)
@@ -156,6 +160,12 @@ class NatsBridge:
                     await result
             except Exception as exc:  # a callback's failure must not end the connection
                 log.warning("NATS: after reconnecting: %s", _one_line(exc))
+
+    def why(self, since: float) -> str:
+        """The server's own reason for a failure since ``since`` (a time), or ''."""
+        if self.last_error is not None and self.last_error[0] >= since - 1:
+            return f" (the server said: {self.last_error[1]})"
+        return ""
 
     def close(self) -> None:
         async def drain() -> None:

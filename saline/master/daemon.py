@@ -29,13 +29,16 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from saline.cluster.link import ClusterLink
 from saline.config import ConfigError, returner_names
 from saline.events import EventBus, job_new_tag, job_ret_tag, stamp
 from saline.jid import gen_jid, is_jid
 from saline.master.admission import PendingGate
 from saline.master.delivery import Delivery
 from saline.master.errors import PublishError
-from saline.master.outbox import OutboxError, Record, SqliteOutbox, kwargs_key
+from saline.cluster.config import ClusterError
+from saline.cluster.config import from_opts as cluster_from_opts
+from saline.master.outbox import OutboxError, Record, kwargs_key, open_outbox
 from saline.master.publisher import ACCEPT_HOLD, START_HOLD, Publisher
 from saline.master.scheduled import minion_event, run_schedule, store_scheduled
 from saline.master.state import MasterState
@@ -81,10 +84,19 @@ class Master:
         self.state = MasterState(self.cachedir / "master.db")
         processes = bool(opts.get("returner_processes", True))
         self.job_cache = opts.get("master_job_cache") or "saline_cache"
+        try:
+            self.cluster_config = cluster_from_opts(opts)
+        except ClusterError as exc:
+            raise ConfigError(str(exc)) from None
+        self.cluster: ClusterLink | None = None
         served = self._served_cache()
         # the job cache read in place needs the file open to other connections (the runners')
-        self.outbox = SqliteOutbox(self.cachedir / "outbox.db", shared=processes or served is not None, serves=served)
-        self.delivery = Delivery(opts, self.outbox, processes=processes)
+        try:
+            self.outbox = open_outbox(opts, master=True, serves=served, shared=processes or served is not None)
+        except ClusterError as exc:
+            raise OutboxError(str(exc)) from None
+        self.delivery = Delivery(opts, self.outbox, processes=processes,
+                                 workers=self.cluster_config is None or bool(opts.get("master_delivers", True)))
         self.events = EventBus()
         self.max_size = int(opts["max_frame_size"])
         self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "id_mismatch": 0, "pending_refused": 0,
@@ -156,6 +168,8 @@ class Master:
 
         self.local = LocalAPI(self)
         await self.local.start()
+        if self.cluster_config is not None:
+            self._join_cluster()
         self.delivery.start()
         tasks = [asyncio.create_task(self.zap.serve(), name="zap"),
                  asyncio.create_task(self._return_loop(), name="returns"),
@@ -178,6 +192,8 @@ class Master:
             if self.metrics is not None:
                 self.metrics.close()
             self.delivery.stop()
+            if self.cluster is not None:
+                self.cluster.stop()
             if self.bootstrap_server is not None:
                 self.bootstrap_server.close()
             self.publisher.close()
@@ -187,9 +203,65 @@ class Master:
             self.outbox.close()
             self.state.close()
 
+    # -- the cluster ---------------------------------------------------------------------------------
+    def _join_cluster(self) -> None:
+        """Share jobs, presence and live returns with the other masters (saline.cluster.link)."""
+        from saline.cluster.bridge import shared
+
+        assert self.cluster_config is not None
+        self.cluster = ClusterLink(shared(self.cluster_config), self.cluster_config, str(self.opts["id"]),
+                                   asyncio.get_running_loop(), self._relayed_job, self._remote_record,
+                                   lambda: self.publisher.connected_ids() if self.publisher else set(),
+                                   float(self.opts.get("keep_jobs_seconds") or 0))
+        try:
+            self.cluster.start()
+        except Exception as exc:
+            raise OSError(0, f"cannot join cluster {self.cluster_config.cluster_id}: {exc}") from None
+        log.info("master %s joined cluster %s on %s", self.opts["id"], self.cluster_config.cluster_id,
+                 ", ".join(self.cluster_config.servers))
+
+    def _relayed_job(self, job: dict[str, Any]) -> None:
+        """A job another master published: known here, and sent to the minions connected here."""
+        jid, load, minions = job.get("jid"), job.get("load"), job.get("minions")
+        if not is_jid(jid) or not isinstance(load, dict) or not isinstance(minions, list):
+            log.warning("cluster: a job announcement without jid, load or minions ignored")
+            return
+        if self.state.job(jid) is None:
+            self.state.add_job(jid, load, minions, float(job.get("timeout") or self.opts["timeout"]))
+        shown = job.get("shown") if isinstance(job.get("shown"), dict) else {}
+        self.events.fire(job_new_tag(jid), {**shown, "minions": minions})
+        wire = job.get("wire")
+        if isinstance(wire, bytes) and self.publisher is not None:
+            self.publisher.send(wire)
+
+    def _remote_record(self, kind: str, subject: str, headers: dict[str, str], payload: Any) -> None:
+        """A record another master stored: its returns and events fire here too (for the CLI and
+        ``state.event`` on this master); nothing is stored again."""
+        if kind == "ret" and isinstance(payload, dict):
+            jid, mid = payload.get("jid"), payload.get("id")
+            if isinstance(jid, str) and isinstance(mid, str):
+                self.state.note_returned(jid, mid)
+                self.events.fire(job_ret_tag(jid, mid), payload)
+        elif kind == "event" and isinstance(payload, dict) and isinstance(payload.get("tag"), str):
+            data = payload.get("data")
+            self.events.fire(payload["tag"], data if isinstance(data, dict) else {"data": data})
+
+    def _cluster_job(self, jid: str) -> tuple[set[str], set[str]] | None:
+        """A job this master did not hear of (published elsewhere while it was restarting)."""
+        if self.cluster is None:
+            return None
+        job = self.cluster.find_job(jid)
+        if not job or not isinstance(job.get("minions"), list) or not isinstance(job.get("load"), dict):
+            return None
+        self.state.add_job(jid, job["load"], job["minions"], float(job.get("timeout") or self.opts["timeout"]))
+        return self.state.job(jid)
+
     def _served_cache(self) -> str | None:
-        """``saline_cache`` when it is the job cache and keeps its records in the outbox's own file
-        (its default ``database``): then the outbox keeps them in place, with nothing to deliver."""
+        """The job cache that is the outbox's own store, so the outbox keeps its records in place
+        with nothing to deliver: in a cluster ``nats`` (the stream), else ``saline_cache`` when it
+        keeps its records in the outbox's file (its default ``database``)."""
+        if self.cluster_config is not None:
+            return "nats" if self.job_cache == "nats" else None
         if self.job_cache != "saline_cache":
             return None
         from saline.returners.options import lookup
@@ -214,8 +286,10 @@ class Master:
         return info.minion_id if info is not None and info.state == ACCEPTED else None
 
     def connected_minions(self) -> set[str]:
-        """Accepted minions with a connection to the publish port right now."""
-        return self.publisher.connected_ids() if self.publisher is not None else set()
+        """Accepted minions with a connection to the publish port right now (of any master of the
+        cluster, in a cluster)."""
+        here = self.publisher.connected_ids() if self.publisher is not None else set()
+        return here | self.cluster.connected_anywhere() if self.cluster is not None else here
 
     # -- publishing ------------------------------------------------------------------------------
     def expected_minions(self, tgt: Any, tgt_type: str) -> list[str]:
@@ -277,7 +351,16 @@ class Master:
         # read before sending: a minion that subscribes from now on cannot get this job
         holding = self.publisher is None or self.publisher.holding
         connected = self.connected_minions()
-        self.publisher_send(encode({k: v for k, v in wire.items() if v not in (None, "")}))
+        data = encode({k: v for k, v in wire.items() if v not in (None, "")})
+        if self.cluster is not None:  # the other masters send it to the minions connected to them
+            try:
+                # the load as master.db keeps it (secret --return_kwargs included: the other masters
+                # deliver the returns that reach them with them), and as the event bus may show it
+                self.cluster.announce_job(jid, load, shown, minions,
+                                          float(request.get("timeout") or self.opts["timeout"]), data)
+            except Exception as exc:
+                raise PublishError(f"cannot share the job with the cluster: {exc}") from None
+        self.publisher_send(data)
         self.stats["published"] += 1
         log.info("published %s %s to %s (%d minions expected)", jid, fun, tgt, len(minions))
         # while publishes are held (a start, a re-bind), who is connected is not known yet
@@ -626,6 +709,8 @@ class Master:
                     replies.append((routing, reply))
                 continue
             job = self.state.job(jid)
+            if job is None and self.cluster is not None:
+                job = self._cluster_job(jid)
             if job is None or mid not in job[0]:
                 self.stats["untargeted"] += 1
                 log.warning("minion %s returned for job %s it was not targeted by; refused", mid, jid)
@@ -687,6 +772,8 @@ class Master:
         while True:
             await asyncio.sleep(KEY_CHECK_INTERVAL)
             self.delivery.revive()
+            if self.cluster is not None and self.publisher is not None:
+                self.cluster.refresh_local(self.publisher.connected_ids())
             if self.keys.refresh():
                 self.events.fire("salt/key", {"act": "refresh", "listing": self.keys.listing()})
             try:

@@ -102,12 +102,16 @@ def backoff(attempts: int, cap: float) -> float:
 class Delivery:
     """The returner workers of one master; see the module docstring."""
 
-    def __init__(self, master_opts: Mapping[str, Any], outbox: Outbox, processes: bool = False) -> None:
+    def __init__(self, master_opts: Mapping[str, Any], outbox: Outbox, processes: bool = False,
+                 workers: bool = True) -> None:
         """``processes``: each returner's worker runs in its own process
-        (:mod:`saline.master.returner_process`; the outbox must then be opened shared)."""
+        (:mod:`saline.master.returner_process`; the outbox must then be opened shared).
+        ``workers``: False when others deliver (a cluster's ``saline-deliver`` workers, with
+        ``master_delivers: False``): this one only stores and reports."""
         self.opts = master_opts
         self.outbox = outbox
         self.processes = processes
+        self.workers = workers
         self.batch_size = max(1, int(master_opts.get("returner_batch_size") or 4000))
         self.batch_wait = max(0.0, float(master_opts.get("returner_batch_wait_ms") or 0) / 1000.0)
         self.retry_max = max(0.0, float(master_opts.get("returner_retry_max_seconds") or 60))
@@ -231,6 +235,8 @@ class Delivery:
     # -- running --------------------------------------------------------------------------------
     def start(self) -> None:
         """Start a worker for every returner that has items waiting (from before a restart)."""
+        if not self.workers:
+            return
         with self._lock:
             self._started = True
         for name, c in self.outbox.counts().items():

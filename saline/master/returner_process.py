@@ -34,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -257,14 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     fd, returner = int(args[0]), args[1]
     init = msgpack.unpackb(sys.stdin.buffer.read(), strict_map_key=False)
     _apply_logging(init.get("logging") or {})
+    from saline.cluster.config import ClusterError
     from saline.master.delivery import Delivery
-    from saline.master.outbox import OutboxError, SqliteOutbox
+    from saline.master.outbox import OutboxError, open_outbox
 
     sock = socket.socket(fileno=fd)
-    lock = _one_consumer(init["outbox"], returner)
+    # one process at a time per returner on a file; a JetStream consumer is made to be shared
+    lock = None if str(init["outbox"]).startswith("nats://") else _one_consumer(init["outbox"], returner)
     try:
-        outbox = SqliteOutbox(Path(init["outbox"]), shared=True, guard=False)
-    except OutboxError as exc:
+        outbox = open_outbox(init["opts"], master=False)
+    except (OutboxError, ClusterError) as exc:
         log.error("returner %s: %s", returner, exc)
         return 1
     try:
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         serve(delivery, returner, sock)
     finally:
         outbox.close()
-        lock.close()
+        if lock is not None:
+            lock.close()
     return 0
 
 

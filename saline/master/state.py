@@ -112,6 +112,12 @@ class MasterState:
                 if job[0] <= job[1]:  # complete: a late duplicate reads it back from disk
                     self.drop_from_memory(jid)
 
+    def note_returned(self, jid: str, mid: str) -> None:
+        """A return stored by another master of the cluster (in memory only: it is not ours to keep)."""
+        job = self._jobs.get(jid)
+        if job is not None:
+            job[1].add(mid)
+
     def recent_jobs(self, since: float) -> list[tuple[str, dict[str, Any], list[str], set[str]]]:
         with self.lock:
             rows = self.db.execute("SELECT jid, load, minions FROM jobs WHERE started >= ? ORDER BY jid",

@@ -427,6 +427,8 @@ class NatsCluster:
             "listen": f"127.0.0.1:{self.client_ports[node]}",
             "http": f"127.0.0.1:{self.http_ports[node]}",
             "log_file": str(self.dir / f"n{node}.log"),
+            # Salt returns can be large: saline's records go up to 8 MiB (NATS' default is 1 MiB)
+            "max_payload": 8 * 1024 * 1024,
             "jetstream": {"store_dir": str(self.dir / f"store{node}"), "max_file_store": self.max_file_store,
                           "max_memory_store": self.max_memory_store},
             "tls": tls,

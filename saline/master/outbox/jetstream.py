@@ -88,12 +88,14 @@ class JetStreamOutbox(Outbox):
         self._figures_dirty: set[str] = set()
         self._figures_written = 0.0
         self._closed = False
+        began = time.time()
         try:
             self.bridge.call(self._setup(), timeout=30)
         except OutboxError:
             raise
         except Exception as exc:
-            raise OutboxError(f"outbox {self.path}: cannot set up the streams: {one_line(exc)}") from None
+            raise OutboxError(f"outbox {self.path}: cannot set up the streams for cluster {config.cluster_id}: "
+                              f"{one_line(exc)}{self.bridge.why(began)}") from None
 
     # -- set-up ----------------------------------------------------------------------------------
     async def _setup(self) -> None:

@@ -1,0 +1,226 @@
+"""What one master shares with the other masters of its cluster, besides the outbox and the keys.
+
+* **Jobs.** A master that publishes a job writes it to the KV bucket ``jobs`` (load, expected
+  minions, timeout; kept ``keep_jobs``), then announces it on ``saline.<cluster>.job``. Every other
+  master registers it and sends it on its own publish socket, to the minions connected to it; a
+  minion's return to any master is then recognised as targeted. A master that missed an
+  announcement (it was restarting) finds the job in the bucket when a return for it comes.
+* **Live returns and events.** Every record a master stores goes through the stream's subjects,
+  which plain subscribers see too: each master fires the records the others stored on its own
+  event bus, so ``saline '*' test.ping`` on master A streams the returns that reached master B,
+  and ``state.event`` shows the whole cluster.
+* **Presence and liveness.** Each master writes which minions are connected to it (bucket
+  ``presence``, a few seconds' TTL, rewritten while it lives) and that it is alive (bucket
+  ``masters``), so "not connected" means connected to no master at all, and ``manage.masters``
+  lists the masters with their minions.
+
+Everything the master gets from here is handed to its own event loop (``call_soon_threadsafe``):
+the master's code never runs on the bridge's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from saline import recordlog
+from saline.cluster.bridge import NatsBridge
+from saline.cluster.config import ClusterConfig, escape_token, unescape_token
+
+log = logging.getLogger(__name__)
+
+#: how often a master says it is alive and who is connected to it (and the TTL is three times it)
+HEARTBEAT_SECONDS = 2.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class ClusterLink:
+    def __init__(self, bridge: NatsBridge, config: ClusterConfig, master_id: str, loop: asyncio.AbstractEventLoop,
+                 on_job: Callable[[dict[str, Any]], None], on_record: Callable[[str, str, dict, Any], None],
+                 connected: Callable[[], set[str]], keep_seconds: float) -> None:
+        """``on_job(announcement)`` and ``on_record(kind, subject, headers, payload)`` run on the
+        master's ``loop``; ``connected()`` (called there too) gives the minions connected to this master."""
+        self.bridge = bridge
+        self.config = config
+        self.master_id = master_id
+        self.loop = loop
+        self.on_job = on_job
+        self.on_record = on_record
+        self.connected = connected
+        self.keep_seconds = keep_seconds
+        self._presence: dict[str, tuple[float, frozenset[str]]] = {}  # master -> (when, minions)
+        self._masters: dict[str, dict[str, Any]] = {}
+        self._jobs_kv: Any = None
+        self._presence_kv: Any = None
+        self._masters_kv: Any = None
+        self._subs: list[Any] = []
+        self._tasks: list[Any] = []
+        self._local: frozenset[str] = frozenset()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.bridge.call(self._start(), timeout=30)
+        self._local = frozenset(self.connected())
+
+    async def _start(self) -> None:
+        nc = self.bridge.nc
+        self._jobs_kv = await self._bucket("jobs", ttl=self.keep_seconds or None)
+        self._presence_kv = await self._bucket("presence", ttl=HEARTBEAT_SECONDS * 3)
+        self._masters_kv = await self._bucket("masters", ttl=HEARTBEAT_SECONDS * 3)
+        self._subs.append(await nc.subscribe(self.config.jobs_subject, cb=self._job_message))
+        self._subs.append(await nc.subscribe(self.config.records_subject, cb=self._record_message))
+        self._tasks.append(asyncio.create_task(self._heartbeat()))
+        self._tasks.append(asyncio.create_task(self._watch_presence()))
+
+    async def _bucket(self, what: str, ttl: float | None) -> Any:
+        from nats.js.errors import BucketNotFoundError
+
+        js = self.bridge.js
+        name = self.config.bucket(what)
+        try:
+            return await js.key_value(name)
+        except BucketNotFoundError:
+            params: dict[str, Any] = {"bucket": name, "replicas": self.config.replicas, "history": 1}
+            if ttl:
+                params["ttl"] = float(ttl)
+            return await js.create_key_value(**params)
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            for task in self._tasks:
+                task.cancel()
+            for sub in self._subs:
+                try:
+                    await sub.unsubscribe()
+                except Exception:  # closing anyway
+                    pass
+            try:  # the others need not wait for the TTL to know this master is gone
+                await self._masters_kv.delete(escape_token(self.master_id))
+                await self._presence_kv.delete(escape_token(self.master_id))
+            except Exception as exc:
+                log.debug("cluster: leaving: %s", _one_line(exc))
+
+        try:
+            self.bridge.call(stop(), timeout=10)
+        except Exception as exc:
+            log.debug("cluster: stopping: %s", _one_line(exc))
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def announce_job(self, jid: str, load: dict[str, Any], shown: dict[str, Any], minions: list[str], timeout: float,
+                     wire: bytes) -> None:
+        """Write the job where every master finds it, then tell them (the minions connected to
+        the others get it from them). ``load`` is the job as the masters deliver its returns (with
+        secret ``--return_kwargs``: the stream and buckets are the cluster's own), ``shown`` the
+        same with secrets masked, for event buses. Raises on failure: the job is then not
+        published at all."""
+        record = {"jid": jid, "load": load, "shown": shown, "minions": minions, "timeout": timeout,
+                  "origin": self.master_id}
+
+        async def announce() -> None:
+            await self._jobs_kv.put(escape_token(jid), recordlog.pack(record))
+            await self.bridge.nc.publish(self.config.jobs_subject, recordlog.pack({**record, "wire": wire}),
+                                         headers={"Saline-Origin": self.master_id})
+            await self.bridge.nc.flush()
+
+        self.bridge.call(announce(), timeout=10)
+
+    def find_job(self, jid: str) -> dict[str, Any] | None:
+        """A job another master published (from the bucket), or None."""
+        from nats.js.errors import KeyNotFoundError
+
+        async def get() -> dict[str, Any] | None:
+            try:
+                entry = await self._jobs_kv.get(escape_token(jid))
+            except KeyNotFoundError:
+                return None
+            return recordlog.unpack(entry.value) if entry.value else None
+
+        try:
+            return self.bridge.call(get(), timeout=5)
+        except Exception as exc:
+            log.warning("cluster: cannot look up job %s: %s", jid, _one_line(exc))
+            return None
+
+    async def _job_message(self, msg: Any) -> None:
+        if (msg.headers or {}).get("Saline-Origin") == self.master_id:
+            return
+        try:
+            job = recordlog.unpack(msg.data)
+        except Exception as exc:
+            log.warning("cluster: unreadable job announcement ignored: %s", _one_line(exc))
+            return
+        self.loop.call_soon_threadsafe(self.on_job, job)
+
+    async def _record_message(self, msg: Any) -> None:
+        headers = msg.headers or {}
+        if headers.get("Saline-Origin") == self.master_id:
+            return
+        parts = msg.subject.split(".")
+        kind = parts[3] if len(parts) > 3 else ""
+        try:
+            payload = recordlog.unpack(msg.data)
+        except Exception:
+            return
+        self.loop.call_soon_threadsafe(self.on_record, kind, msg.subject, dict(headers), payload)
+
+    # -- presence --------------------------------------------------------------------------------
+    def connected_anywhere(self) -> set[str]:
+        """Minions connected to this master or to another live one."""
+        out = set(self._local)
+        now = time.time()
+        for master, (when, minions) in list(self._presence.items()):
+            if master != self.master_id and now - when <= HEARTBEAT_SECONDS * 3:
+                out |= minions
+        return out
+
+    def masters(self) -> dict[str, dict[str, Any]]:
+        """The live masters: when each last said so, and how many minions are connected to it."""
+        now = time.time()
+        return {m: {"seen_s_ago": round(now - when, 1), "minions": len(minions)}
+                for m, (when, minions) in self._presence.items() if now - when <= HEARTBEAT_SECONDS * 3}
+
+    def refresh_local(self, minions: set[str]) -> None:
+        """The minions connected to this master now (the master calls it on its loop)."""
+        self._local = frozenset(minions)
+
+    async def _heartbeat(self) -> None:
+        key = escape_token(self.master_id)
+        while True:
+            try:
+                body = recordlog.pack({"at": time.time(), "minions": sorted(self._local)})
+                await self._presence_kv.put(key, body)
+                await self._masters_kv.put(key, recordlog.pack({"at": time.time(), "minions": len(self._local)}))
+            except Exception as exc:
+                log.debug("cluster: heartbeat: %s", _one_line(exc))
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _watch_presence(self) -> None:
+        while True:
+            try:
+                import nats.errors
+
+                watcher = await self._presence_kv.watchall()
+                while True:
+                    try:
+                        entry = await watcher.updates(timeout=HEARTBEAT_SECONDS * 5)
+                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                        continue  # quiet: every master rewrites its entry every few seconds
+                    if entry is None:
+                        continue
+                    master = unescape_token(entry.key)
+                    if entry.operation in ("DEL", "PURGE") or entry.value is None:
+                        self._presence.pop(master, None)
+                        continue
+                    data = recordlog.unpack(entry.value)
+                    self._presence[master] = (float(data.get("at") or time.time()), frozenset(data.get("minions") or ()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watch ends with the connection: start another
+                log.debug("cluster: presence watch: %s", _one_line(exc))
+                await asyncio.sleep(1.0)
