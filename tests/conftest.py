@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -151,3 +151,27 @@ def master_opts(tmp_path: Path) -> dict:
                 sock_dir=str(tmp_path / "sock"), config_dir=str(tmp_path))
     _finish("master", opts)
     return opts
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[Any]:
+    """A real three-node NATS JetStream cluster with TLS, shared by the tests of a session
+    (``tests/helpers/natscluster.py``); each test uses a cluster id of its own (its streams and
+    buckets are named after it), logging in as ``admin``, or as a user of its own."""
+    from tests.helpers.natscluster import NatsCluster, NatsUser, default_users
+
+    users = [u for u in default_users() if u.name != "admin"]
+    users.append(NatsUser("admin", password=uuid.uuid4().hex))
+    with NatsCluster(users=users) as cluster:
+        yield cluster
+
+
+def nats_cluster_config(cluster: Any, cluster_id: str | None = None, user: str = "admin") -> Any:
+    """A ClusterConfig for a fresh cluster id on ``cluster`` (the ``nats_cluster`` fixture), as ``user``."""
+    from saline.cluster.config import ClusterConfig
+
+    u = cluster.users[user]
+    c = cluster.certs
+    return ClusterConfig(cluster_id=cluster_id or unique_name("t"), servers=tuple(cluster.urls), user=u.name,
+                         password=u.password, tls_ca=str(c["ca"]), tls_cert=str(c["client_cert"]),
+                         tls_key=str(c["client_key"]), replicas=3)
