@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import zmq
 ACCEPTED, PENDING, REJECTED, DENIED = "minions", "minions_pre", "minions_rejected", "minions_denied"
 STATES = (ACCEPTED, PENDING, REJECTED, DENIED)
 _ID_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,255}$")
+#: a folder changed less than this long (ns) before it was read may change again without its mtime
+#: moving (a coarse file-system clock ticks every 1-10 ms): it is read again next time (git's "racy" rule)
+RACY_NS = 20_000_000
 
 
 class KeyError_(Exception):
@@ -109,8 +113,10 @@ class KeyStore:
                 # accepted wins when the same key sits in two folders
                 if key not in by_key or state == ACCEPTED:
                     by_key[key] = KeyInfo(state, path.name)
-        self._by_key, self._by_id, self._stamp = by_key, by_id, stamp
-        return True
+        changed = force or by_id != self._by_id
+        self._by_key, self._by_id = by_key, by_id
+        self._stamp = () if time.time_ns() - max(stamp) < RACY_NS else stamp
+        return changed
 
     def by_key(self, public_key: str) -> KeyInfo | None:
         return self._by_key.get(public_key)
