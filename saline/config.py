@@ -107,8 +107,14 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
 
 MINION_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     **_COMMON,
-    "master": ((str,), "salt"),
+    "master": ((str, list), "salt"),
     "master_port": ((int,), 4506),
+    # several masters (saline/minion/link.py): Salt's hot multi-master, or failover
+    "master_type": ((str,), "str"),
+    "master_alive_interval": ((int, float), 30),
+    "master_failback": ((bool,), False),
+    "master_failback_interval": ((int, float), 0),
+    "random_master": ((bool,), False),
     "master_pub": ((str,), None),
     "master_pub_port": ((int,), 4507),
     "master_finger": ((str,), None),
