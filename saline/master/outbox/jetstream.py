@@ -22,7 +22,9 @@ Layout (names from :class:`saline.cluster.config.ClusterConfig`):
   does not acknowledge, the minions keep the returns in their spools and send them again later,
   and the duplicate window makes the resend of a record that was stored after all harmless.
 * Counters a consumer does not keep (delivered, buried, last error and success) are kept per
-  worker in the KV bucket ``saline_<cluster>_stats`` and summed by ``counts``.
+  worker in the KV bucket ``saline_<cluster>_stats`` and summed by ``counts``. A returner's
+  ``pending`` is what its consumer has not settled yet, records not routed to it included (the
+  consumer cannot tell them apart before a worker looks).
 
 Delivery is at least once: a worker that dies before acknowledging leaves its batch to another
 after ``ack_wait``; the returners tolerate a record twice (they de-duplicate, or say they may not).
@@ -57,8 +59,8 @@ ACK_WAIT = 120.0
 DUPLICATE_WINDOW = 300.0
 #: the largest record (a Salt return can be big; NATS' default is 1 MiB)
 MAX_RECORD = 8 * 1024 * 1024
-#: worker counters are written to the stats bucket at most this often
-STATS_EVERY = 1.0
+#: worker counters are written to the stats bucket at most this often (0: at every settle)
+STATS_EVERY = 0.0
 
 
 def consumer_name(returner: str) -> str:
@@ -164,7 +166,12 @@ class JetStreamOutbox(Outbox):
         try:
             await js.consumer_info(self.config.stream, name)
         except NotFoundError:
-            await js.add_consumer(self.config.stream, durable_name=name, deliver_policy=api.DeliverPolicy.NEW,
+            # From the next record on, given as a sequence: "new" would count from when the
+            # consumer's own leader is elected, after the call returns, and skip what came meanwhile
+            state = (await js.stream_info(self.config.stream)).state
+            await js.add_consumer(self.config.stream, durable_name=name,
+                                  deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                  opt_start_seq=int(state.last_seq or 0) + 1,
                                   ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ACK_WAIT,
                                   max_ack_pending=max(4 * self.batch_size, 20_000), max_waiting=512,
                                   description=f"saline returner {returner}")
@@ -203,6 +210,10 @@ class JetStreamOutbox(Outbox):
                 rid, kept, served = self._route(rec.route)
                 if not kept and not served:
                     continue  # nobody needs it
+                try:
+                    body = recordlog.pack(rec.payload)
+                except Exception as exc:
+                    raise OutboxError(f"outbox {self.path}: cannot encode an item: {one_line(exc)}") from None
                 headers = {"Saline-Route": rid, "Saline-Origin": self.origin}
                 if rec.kind == "ret":
                     headers["Nats-Msg-Id"] = f"ret/{rec.jid}/{rec.mid}/{rid}"
@@ -210,7 +221,9 @@ class JetStreamOutbox(Outbox):
                     headers["Nats-Msg-Id"] = f"load/{rec.jid}/{rid}"
                 if rec.fun:
                     headers["Saline-Fun"] = str(rec.fun)
-                batch.append((self._subject(rec), recordlog.pack(rec.payload), headers))
+                batch.append((self._subject(rec), body, headers))
+        except OutboxError:
+            raise
         except (TimeoutError, OSError) as exc:
             raise OutboxError(f"outbox {self.path}: cannot write items: {one_line(exc)}") from None
         except Exception as exc:
