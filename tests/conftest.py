@@ -157,12 +157,27 @@ def master_opts(tmp_path: Path) -> dict:
 def nats_cluster() -> Iterator[Any]:
     """A real three-node NATS JetStream cluster with TLS, shared by the tests of a session
     (``tests/helpers/natscluster.py``); each test uses a cluster id of its own (its streams and
-    buckets are named after it), logging in as ``admin``, or as a user of its own."""
-    from tests.helpers.natscluster import NatsCluster, NatsUser, default_users
+    buckets are named after it), logging in as ``admin``, or as a user of its own: ``rt`` has a
+    master's permissions for cluster id ``rt`` only, ``pub`` may publish on ``salt.>`` and use the
+    stream ``SALT_RT`` (the nats returner's tests). ``max_payload`` is 8 MiB, as a cluster
+    carrying Salt's returns needs (NATS' default is 1 MiB)."""
+    from saline.cluster.config import ClusterConfig
+    from tests.helpers.natscluster import NatsCluster, NatsUser, default_users, saline_permissions
 
+    class Cluster(NatsCluster):
+        def _write_config(self, node: int) -> None:
+            super()._write_config(node)
+            with open(self.dir / f"n{node}.conf", "a") as conf:
+                conf.write("max_payload: 8388608\n")
+
+    rt = ClusterConfig("rt", ("nats://unused:4222",))
+    pub, sub, inbox = saline_permissions("rt", rt.streams(), rt.buckets())
     users = [u for u in default_users() if u.name != "admin"]
-    users.append(NatsUser("admin", password=uuid.uuid4().hex))
-    with NatsCluster(users=users) as cluster:
+    users += [NatsUser("admin", password=uuid.uuid4().hex),
+              NatsUser("rt", password=uuid.uuid4().hex, publish=pub, subscribe=sub, inbox_prefix=inbox),
+              NatsUser("pub", password=uuid.uuid4().hex, subscribe=("_INBOX.>",),
+                       publish=("salt.>", "$JS.API.STREAM.INFO.SALT_RT", "$JS.API.STREAM.CREATE.SALT_RT"))]
+    with Cluster(users=users) as cluster:
         yield cluster
 
 

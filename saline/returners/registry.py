@@ -55,6 +55,7 @@ BUILTIN: dict[str, str] = {
     "elasticsearch": "saline.returners.elasticsearch:ElasticsearchReturner",
     "mongo": "saline.returners.mongo:MongoReturner",
     "mongo_return": "saline.returners.mongo_return:MongoReturnReturner",
+    "nats": "saline.returners.nats:NatsReturner",
 }
 
 _custom: dict[str, type[Returner]] = {}
