@@ -98,10 +98,11 @@ class Cluster(LocalCluster):
 
     def returned(self, jids: list[str]) -> int:
         """How many returns of these jobs the master has accepted (it acked them), from its own state
-        through ``jobs.active``-free means: the saline_cache job cache file, read with SQLite."""
+        through ``jobs.active``-free means: the default job cache (the outbox's own file, where the
+        master keeps each return as it stores it), read with SQLite."""
         import sqlite3
 
-        path = self.master_dir / "cache" / "jobs.db"
+        path = self.master_dir / "cache" / "outbox.db"
         if not path.exists():
             return 0
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
@@ -109,8 +110,8 @@ class Cluster(LocalCluster):
             total = 0
             for start in range(0, len(jids), 500):
                 chunk = jids[start:start + 500]
-                total += conn.execute(f"SELECT COUNT(*) FROM returns WHERE jid IN ({','.join('?' * len(chunk))})",
-                                      chunk).fetchone()[0]
+                total += conn.execute("SELECT COUNT(*) FROM records WHERE kind = 0 AND cached = 1 AND jid IN"
+                                      f" ({','.join('?' * len(chunk))})", chunk).fetchone()[0]
             return total
         finally:
             conn.close()

@@ -69,8 +69,13 @@ def test_secrets_never_show(make_cluster: Callable[..., Cluster], mysql_db: dict
     texts["events"] = json.dumps(events, default=str)
     # the job cache (saline_cache) keeps the job's load: with the secret masked too
     cluster.runner("jobs.list_jobs")
-    conn = sqlite3.connect(str(cluster.master_dir / "cache" / "jobs.db"), timeout=10)
-    texts["job cache loads"] = "\n".join(r[0] or "" for r in conn.execute("SELECT load FROM jids"))
+    from saline.recordlog import unpack
+
+    conn = sqlite3.connect(str(cluster.master_dir / "cache" / "outbox.db"), timeout=10)
+    texts["job cache loads"] = "\n".join(json.dumps(unpack(r[0]), default=str) for r in
+                                         conn.execute("SELECT load FROM jobs WHERE load IS NOT NULL"))
+    texts["outbox records"] = "\n".join(json.dumps(unpack(r[0]), default=str) for r in
+                                        conn.execute("SELECT body FROM records WHERE kind IN (1, 2)"))
     conn.close()
     assert "********" in texts["job cache loads"]
     assert len(events) > 5
