@@ -58,6 +58,8 @@ class NatsBridge:
         #: the last error the server reported on the side (a permissions violation makes the
         #: request itself only time out): (when, one line)
         self.last_error: tuple[float, str] | None = None
+        #: while set, such errors are only kept for the caller's own message, not logged
+        self.quiet = False
         self.on_reconnect: list[Callable[[], Any]] = []
 
     def _run(self) -> None:
@@ -140,6 +142,8 @@ class NatsBridge:
         kind = text.split(":")[0]
         now = time.monotonic()
         self.last_error = (time.time(), text)
+        if self.quiet:
+            return
         if now - self._said.get(kind, -ERROR_EVERY) >= ERROR_EVERY:
             self._said[kind] = now
             log.warning("NATS: %s", text)

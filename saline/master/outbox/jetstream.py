@@ -47,6 +47,8 @@ from saline.master.outbox.base import Burial, Outbox, OutboxError, Record, Retry
 
 log = logging.getLogger(__name__)
 
+#: how long setting up the streams may take (a permissions violation shows as a time-out)
+SETUP_TIMEOUT = 12.0
 #: how long ``put`` waits for the stream's acknowledgements of a group
 PUT_TIMEOUT = 3.0
 #: how long a worker's ``take`` waits for a first record when there is none
@@ -91,13 +93,16 @@ class JetStreamOutbox(Outbox):
         self._figures_written = 0.0
         self._closed = False
         began = time.time()
+        self.bridge.quiet = True  # a refusal now is said once, in the error below
         try:
-            self.bridge.call(self._setup(), timeout=30)
+            self.bridge.call(self._setup(), timeout=SETUP_TIMEOUT)
         except OutboxError:
             raise
         except Exception as exc:
             raise OutboxError(f"outbox {self.path}: cannot set up the streams for cluster {config.cluster_id}: "
                               f"{one_line(exc)}{self.bridge.why(began)}") from None
+        finally:
+            self.bridge.quiet = False
 
     # -- set-up ----------------------------------------------------------------------------------
     async def _setup(self) -> None:
