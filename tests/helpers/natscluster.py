@@ -336,6 +336,18 @@ class NatsCluster:
         self._spawn(node)
         self.wait_healthy(timeout, nodes=[node])
 
+    def kill_all(self) -> None:
+        """SIGKILL every node (the stores stay): the whole cluster is down."""
+        for node in range(self.size):
+            self.kill(node)
+
+    def restart_all(self, timeout: float = 30.0) -> None:
+        """Start every node again (after kill_all): they need one another for a meta leader."""
+        for node in range(self.size):
+            self.kill(node)
+            self._spawn(node)
+        self.wait_healthy(timeout)
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc is not None and proc.poll() is None:

@@ -32,4 +32,5 @@ def open_outbox(opts: Mapping[str, Any], *, master: bool, serves: str | None = N
 
     return JetStreamOutbox(config, shared_bridge(config), origin=str(opts.get("id") or ""), serves=serves,
                            keep_seconds=float(opts.get("keep_jobs_seconds") or 0),
-                           batch_size=int(opts.get("returner_batch_size") or 4000))
+                           batch_size=int(opts.get("returner_batch_size") or 4000),
+                           ack_wait=float(opts.get("nats_ack_wait") or 60))

@@ -55,8 +55,9 @@ PUT_TIMEOUT = 3.0
 TAKE_WAIT = 1.0
 #: ... and for more, filling a batch
 FILL_WAIT = 0.02
-#: a fetched record not settled within this long is sent again (to another worker, say)
-ACK_WAIT = 120.0
+#: a fetched record not settled within this long is sent again (to another worker, say):
+#: ``nats_ack_wait`` (a batch that takes longer tells the stream it is still at work)
+ACK_WAIT = 60.0
 #: JetStream's duplicate window on the records stream (a resent return within it is stored once)
 DUPLICATE_WINDOW = 300.0
 #: the largest record (a Salt return can be big; NATS' default is 1 MiB)
@@ -73,13 +74,14 @@ class JetStreamOutbox(Outbox):
     """See the module docstring."""
 
     def __init__(self, config: ClusterConfig, bridge: NatsBridge, origin: str, serves: str | None = None,
-                 keep_seconds: float = 0, batch_size: int = 4000) -> None:
+                 keep_seconds: float = 0, batch_size: int = 4000, ack_wait: float = ACK_WAIT) -> None:
         self.config = config
         self.bridge = bridge
         self.origin = origin
         self.serves = serves
         self.keep_seconds = keep_seconds
         self.batch_size = batch_size
+        self.ack_wait = ack_wait
         self.path = f"nats://{config.stream}"  # named in messages, as the SQLite outbox names its file
         self._routes: dict[str, Route] = {}       # route id -> route
         self._route_of: dict[int, tuple[Route, str, Route, bool]] = {}  # id(route) -> (route, rid, kept, served)
@@ -124,6 +126,20 @@ class JetStreamOutbox(Outbox):
                 await js.add_stream(**{k: v for k, v in params.items() if v is not None})
         self._routes_kv = await self._bucket("routes")
         self._stats_kv = await self._bucket("stats")
+        self._keepalive_task = asyncio.create_task(self._keepalive())
+
+    async def _keepalive(self) -> None:
+        """A batch still being delivered is not handed to another worker: its records are
+        reported in progress, every third of the ack wait, until they are settled."""
+        while True:
+            await asyncio.sleep(max(1.0, self.ack_wait / 3))
+            for held in list(self._taken.values()):
+                for msg in list(held.values()):
+                    try:
+                        await msg.in_progress()
+                    except Exception as exc:  # the connection is back soon, or the record comes back
+                        log.debug("outbox %s: in progress: %s", self.path, one_line(exc))
+                        break
 
     async def _bucket(self, what: str) -> Any:
         from nats.js.errors import BucketNotFoundError
@@ -177,7 +193,7 @@ class JetStreamOutbox(Outbox):
             await js.add_consumer(self.config.stream, durable_name=name,
                                   deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                   opt_start_seq=int(state.last_seq or 0) + 1,
-                                  ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ACK_WAIT,
+                                  ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
                                   max_ack_pending=max(4 * self.batch_size, 20_000), max_waiting=512,
                                   description=f"saline returner {returner}")
         self._consumers.add(returner)
@@ -519,6 +535,9 @@ class JetStreamOutbox(Outbox):
         if self._closed:
             return
         self._closed = True
+        task = getattr(self, "_keepalive_task", None)
+        if task is not None:
+            self.bridge.loop.call_soon_threadsafe(task.cancel)
         try:
             self._flush_figures(force=True)
         except Exception as exc:
