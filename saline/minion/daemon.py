@@ -1,18 +1,38 @@
-"""The minion: connects to the master, matches published targets, runs jobs, spools returns.
+"""The minion: connects to its master (or masters), matches published targets, runs jobs, spools returns.
 
-Two CURVE sockets to the master: a SUB socket receives published jobs, a DEALER socket says hello
-(id and grains), sends returns and pings. A return is written to the spool before it is sent and
-removed only when the master acknowledges it; whatever is still in the spool is sent again after
-a reconnect and every ``spool_resend_seconds``. ZeroMQ reconnects by itself after a master
-restart; a socket monitor tells the minion to say hello again and flush its spool at once.
+Each master is a :class:`~saline.minion.link.MasterLink`: a SUB socket receives published jobs, a
+DEALER socket says hello (id and grains), sends returns and pings. A return is written to the
+spool before it is sent and removed only when a master acknowledges it; whatever is still in the
+spool is sent again after a reconnect and every ``spool_resend_seconds``. ZeroMQ reconnects by
+itself after a master restart; a socket monitor tells the link to say hello again and the minion
+to flush its spool at once.
+
+With a list of masters (Salt's multi-master; they share one key pair) the minion either connects
+to all of them (``master_type: str``, Salt's "hot" masters) or to one at a time
+(``master_type: failover``):
+
+* hot: a job arrives once per master (the masters relay jobs to each other) and runs once, the
+  first copy wins; its return goes to the master it came from first, or, when that one is not
+  healthy (accepted, connected, heard from within ``master_alive_interval``), to the first
+  healthy master of the list; a spooled return follows the same rule at every resend.
+* failover: the first master of the list (shuffled once with ``random_master``) that answers;
+  when it has been silent for ``master_alive_interval`` seconds (it is pinged three times per
+  interval) the minion moves to the next one, and with ``master_failback`` it goes back to the
+  first one as soon as it answers again. Spooled returns go to whichever master is current.
+
+A master that answers "not targeted" for a return it does not know keeps the return in the
+spool for another master (the one it came from may come back); it is dropped once the master it
+came from, or every master, has refused it.
 
 Before any of that the minion needs the master's public key (:mod:`saline.minion.master_key`:
-given, kept, or fetched on first contact and pinned by ``master_finger``). What keeps it from its
-master is said once, at WARNING, and waited out with a back-off: a master name that does not
-resolve, an address that does not answer, a master whose key is not the trusted one. Two things
-stop the minion for good, with one ERROR line and exit status 77: a master presenting another
-key than the one it trusts (never re-trusted silently), and a master refusing it because its key
-is accepted under another id (the identity is the key; such a minion runs no job).
+given, kept, or fetched on first contact from the first master that serves it, and pinned by
+``master_finger``). What keeps it from its master is said once, at WARNING, and waited out with a
+back-off: a master name that does not resolve, an address that does not answer, a master whose
+key is not the trusted one. Two things stop the minion for good, with one ERROR line and exit
+status 77: a master presenting another key than the one it trusts (never re-trusted silently;
+with several masters, such a master is refused and the others used, and the minion stops only
+when every master is refused), and a master refusing it because its key is accepted under
+another id (the identity is the key; such a minion runs no job).
 """
 
 from __future__ import annotations
@@ -20,42 +40,33 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import recv_monitor_message
 
 from saline.config import returner_names
 from saline.minion.executor import Executor
-from saline.minion.scheduler import local_loops
+from saline.minion.link import (BACKOFF_MAX_SECONDS, MasterAddress, MasterLink, MasterListError, RecentJobs, answers,
+                                fetch_first_key, master_addresses, resolves)
 from saline.minion.master_key import MasterKeyError, changed_message, check_finger, configured_key, keep
+from saline.minion.scheduler import local_loops
 from saline.minion.spool import Spool
 from saline.targeting import TargetError, compile_target
 from saline.transport import bootstrap
-from saline.transport.framing import FrameError, decode, encode
 from saline.transport.keys import ensure_keypair, fingerprint
-from saline.transport.zeromq import client_socket, tcp_endpoint
 
 log = logging.getLogger(__name__)
 
 
 #: exit status of a minion that refused its master, or was refused by it (sysexits' EX_NOPERM)
 EXIT_REFUSED = 77
-#: without a connection for this long, the minion says once why (at WARNING)
-UNREACHABLE_WARN_SECONDS = 5.0
-#: the longest wait between two attempts at resolving the master's name or fetching its key
-BACKOFF_MAX_SECONDS = 30.0
-#: publishes kept while the master's welcome is on its way
-EARLY_JOBS_MAX = 1000
-#: a failed handshake makes the minion compare the master's served key at most this often
-KEY_CHECK_EVERY = 10.0
-
-_MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+#: with master_alive_interval 0 (never declared dead once it answered), how long a failover
+#: minion waits for a master's first answer before it tries the next one
+FIRST_ANSWER_WAIT = 30.0
 
 
 class MinionError(Exception):
@@ -76,6 +87,17 @@ class Minion:
 
         self.opts = opts
         self.id: str = opts["id"]
+        try:
+            self.masters: list[MasterAddress] = master_addresses(opts)
+        except MasterListError as exc:
+            raise MinionError(str(exc)) from None
+        if len(self.masters) == 1:
+            self.mode = "single"
+        else:
+            self.mode = "failover" if opts.get("master_type") == "failover" else "hot"
+            if opts.get("random_master"):
+                random.shuffle(self.masters)
+        self.alive_interval = float(opts.get("master_alive_interval") or 0) if self.mode != "single" else 0.0
         self.public, self.secret = ensure_keypair(opts["pki_dir"], "minion")
         try:
             self.master_key, self.key_source = configured_key(opts)
@@ -89,41 +111,23 @@ class Minion:
         self.pool = pool or concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="job")
         self.executor = Executor(opts, self.grains, self.functions, self.pool)
         self.max_size = int(opts.get("max_frame_size") or 16 * 1024 * 1024)
-        self.state = "connecting"
         self.jobs_run = 0
+        self.links: list[MasterLink] = []  # open: the one master, all of them (hot), or the current one (failover)
+        self.switches = 0  # failover: how many times the minion moved to another master
+        self._recent = RecentJobs()  # several masters: jobs already started, and where each came from
+        self._refusals: dict[str, set[MasterAddress]] = {}  # jid -> masters that do not know its job
+        self._bad_masters: set[MasterAddress] = set()  # masters presenting another key: never used
         self._stop = asyncio.Event()
-        self._accepted = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self._last_pong = 0.0
         self.delivery: Any = None
         self.exit_code = 0
         self.ready: Any = None  # called once running (saline-minion -d waits for it)
-        self._early: list[dict[str, Any]] = []  # publishes received before the master's welcome
-        self._connected = False
-        self._down_since = time.monotonic()
-        self._said_unreachable = False
-        self._said_key_unchecked = False
-        self._last_key_check = 0.0
-        self._said_refused_key = False
 
-    # -- sockets ---------------------------------------------------------------------------------
-    def _endpoint(self, port: int) -> str:
-        return tcp_endpoint(self.opts["master"], port)
-
-    def _open_dealer(self) -> None:
-        self.dealer = client_socket(self.ctx, zmq.DEALER, self.public, self.secret, self.master_key,
-                                    self._endpoint(self.opts["master_port"]), self.max_size)
-        self.monitor = self.dealer.get_monitor_socket(_MONITORED)
-
-    def _open_sub(self) -> None:
-        self.sub = client_socket(self.ctx, zmq.SUB, self.public, self.secret, self.master_key,
-                                 self._endpoint(self.opts["publish_port"]), self.max_size)
-
-    def _send(self, message: dict[str, Any]) -> None:
-        try:
-            self.dealer.send(encode(message), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            log.debug("master not reachable; %s kept for later", message.get("cmd"))
+    @property
+    def state(self) -> str:
+        """``accepted`` when a master has welcomed this minion, else the first master's answer."""
+        states = [link.state for link in self.links]
+        return "accepted" if "accepted" in states else (states[0] if states else "connecting")
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -134,7 +138,8 @@ class Minion:
         if not self.exit_code:
             log.error("%s", message)
             self.exit_code = EXIT_REFUSED
-        self._early = []
+        for link in self.links:
+            link.early = []
         self._stop.set()
 
     async def _pause(self, seconds: float) -> None:
@@ -145,38 +150,31 @@ class Minion:
             return
         raise _Stopped
 
-    def _where(self, port_key: str = "master_port") -> str:
-        return f"{self.opts['master']}:{self.opts[port_key]}"
-
     async def _resolve_master(self) -> None:
         """Wait until the master's name resolves (Salt: "Master hostname: 'salt' not found")."""
-        import socket
-
-        host, delay, said = self.opts["master"], 1.0, False
-        loop = asyncio.get_running_loop()
+        address = self.masters[0]
+        delay, said = 1.0, False
         while True:
-            try:
-                await loop.getaddrinfo(host, self.opts["master_port"], type=socket.SOCK_STREAM)
+            why = await resolves(address.host, address.port)
+            if why is None:
                 if said:
-                    log.warning("master hostname %r resolves now", host)
+                    log.warning("master hostname %r resolves now", address.host)
                 return
-            except (socket.gaierror, UnicodeError) as exc:
-                if not said:
-                    log.warning("Master hostname: '%s' not found or not responsive (%s); retrying, at most every "
-                                "%.0f s", host, getattr(exc, "strerror", None) or exc, BACKOFF_MAX_SECONDS)
-                    said = True
-                    self._announce_ready()
+            if not said:
+                log.warning("Master hostname: '%s' not found or not responsive (%s); retrying, at most every "
+                            "%.0f s", address.host, why, BACKOFF_MAX_SECONDS)
+                said = True
+                self._announce_ready()
             await self._pause(delay)
             delay = min(delay * 2, BACKOFF_MAX_SECONDS)
 
     async def _first_contact(self) -> None:
         """No trusted key yet: take the master's on first use (and keep it), unless it is not the
-        one ``master_finger`` pins."""
-        port = int(self.opts.get("master_pub_port") or 4507)
+        one ``master_finger`` pins. With several masters, the first that serves it."""
         delay, said = 1.0, False
         while True:
             try:
-                key = await bootstrap.fetch(self.opts["master"], port)
+                key, address = await fetch_first_key(self.masters)
                 break
             except bootstrap.BootstrapError as exc:
                 if not said:
@@ -186,8 +184,9 @@ class Minion:
                     self._announce_ready()
             await self._pause(delay)
             delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+        host = f"[{address.host}]" if ":" in address.host else address.host
         try:
-            check_finger(self.opts, key, f"served on {self.opts['master']}:{port}")
+            check_finger(self.opts, key, f"served on {host}:{address.pub_port}")
         except MasterKeyError as exc:
             self._fatal(str(exc))
             raise _Stopped from None
@@ -205,32 +204,35 @@ class Minion:
         if ready is not None:
             ready()
 
+    announce_ready = _announce_ready  # what a MasterLink calls
+
     async def run(self) -> None:
         try:
-            await self._resolve_master()
+            if self.mode == "single":
+                await self._resolve_master()
             if self.master_key is None:
                 await self._first_contact()
         except _Stopped:
             self._close_local()
             return
         self._announce_ready()
-        self._open_dealer()
-        self._open_sub()
-        loops = [self._dealer_loop(), self._monitor_loop(), self._hello_loop(), self._resend_loop(), self._ping_loop(),
-                 self._reachability_loop()]
+        loops = [self._resend_loop()]
+        if self.mode == "failover":
+            loops.append(self._failover_loop())
+        else:
+            for address in self.masters:
+                self._open_link(address)
         tasks = [asyncio.create_task(c) for c in loops]
         tasks += [asyncio.create_task(c) for c in local_loops(self)]  # schedule: and beacons:
-        self._sub_task = asyncio.create_task(self._sub_loop())
         try:
             await self._stop.wait()
         finally:
-            tasks.append(self._sub_task)
             for task in tasks + list(self._tasks):
                 task.cancel()
             await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
-            self.dealer.disable_monitor()
-            for sock in (self.monitor, self.dealer, self.sub):
-                sock.close(0)
+            for link in list(self.links):
+                await link.close()
+            self.links = []
             self._close_local()
 
     def _close_local(self) -> None:
@@ -241,179 +243,190 @@ class Minion:
             self.spool.close()
             self.ctx.term()
 
-    def _hello(self) -> None:
-        self._send({"cmd": "hello", "id": self.id, "grains": self.grains})
-
-    async def _hello_loop(self) -> None:
-        wait = float(self.opts.get("acceptance_wait_time") or 10)
-        while True:
-            if not self._accepted.is_set():
-                self._hello()
-            try:
-                await asyncio.wait_for(self._accepted.wait(), wait)
-            except asyncio.TimeoutError:
-                continue
-            await asyncio.sleep(wait)
-
-    async def _monitor_loop(self) -> None:
-        while True:
-            event = await recv_monitor_message(self.monitor)
-            kind = event["event"]
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if self._said_unreachable:
-                    log.warning("reached the master at %s again", self._where())
-                else:
-                    log.info("connected to the master")
-                self._connected, self._said_unreachable = True, False
-                self._said_key_unchecked = self._said_refused_key = False
-                self._hello()
-                self._flush_spool(0.0)
-            elif kind == zmq.EVENT_DISCONNECTED:
-                if self._connected:  # once per lost connection, not at every failed attempt
-                    log.info("lost the master; reconnecting")
-                    self._connected = False
-                    self._down_since = time.monotonic()
-            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-                # a CURVE handshake fails this way when the server's key is not the one we hold
-                if time.monotonic() - self._last_key_check >= KEY_CHECK_EVERY:
-                    self._last_key_check = time.monotonic()
-                    self._spawn(self._check_master_key())
-            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and not self._said_refused_key:
-                self._said_refused_key = True
-                log.warning("the master at %s refuses this minion's key (rejected or denied: see saline-key -L on "
-                            "the master); retrying", self._where())
-
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _check_master_key(self) -> None:
+    # -- masters ---------------------------------------------------------------------------------
+    def _open_link(self, address: MasterAddress) -> MasterLink:
+        link = MasterLink(self, address, named=self.mode != "single", alive_interval=self.alive_interval)
+        self.links.append(link)
+        link.start()
+        return link
+
+    async def _close_link(self, link: MasterLink) -> None:
+        if link in self.links:
+            self.links.remove(link)
+        await link.close()
+
+    async def _failover_loop(self) -> None:
+        """``master_type: failover``: one master at a time, the next one when it goes silent."""
+        order, i = self.masters, 0
+        failback = bool(self.opts.get("master_failback"))
+        failback_every = float(self.opts.get("master_failback_interval") or 0) or self.alive_interval or 30.0
+        unanswered, pause = 0, 1.0  # masters in a row that never answered; the back-off after a whole round
+        while True:
+            while order[i] in self._bad_masters:
+                i = (i + 1) % len(order)
+            if unanswered >= len(order):  # no master answered in a whole round: wait a little longer each time
+                await asyncio.sleep(pause)
+                unanswered, pause = 0, min(pause * 2, BACKOFF_MAX_SECONDS)
+            address = order[i]
+            why_not = await resolves(address.host, address.port)
+            if why_not is not None:  # no use waiting for a name that does not resolve (Salt issue 57660)
+                nxt = self._next_usable(i)
+                log.warning("master %s does not resolve (%s); switching to %s", address.where, why_not,
+                            order[nxt].where)
+                unanswered += 1
+                i = nxt
+                continue
+            link = self._open_link(address)
+            why, nxt = await self._until_switch(link, i, failback, failback_every)
+            names = (link.address.where, order[nxt].where)
+            if why == "failback":
+                log.warning("master %s answers again; failing back to it from %s", names[1], names[0])
+            elif why == "refused":
+                log.warning("master %s is refused (its key is not the trusted one); switching to %s", *names)
+            else:
+                log.warning("master %s did not answer for %.0f s; switching to %s", names[0], link.silent_for(),
+                            names[1])
+            if link.last_heard:
+                unanswered, pause = 0, 1.0
+            else:
+                unanswered += 1
+            self.switches += 1
+            await self._close_link(link)
+            i = nxt
+
+    def _next_usable(self, i: int) -> int:
+        order = self.masters
+        for step in range(1, len(order) + 1):
+            j = (i + step) % len(order)
+            if order[j] not in self._bad_masters:
+                return j
+        return i
+
+    async def _until_switch(self, link: MasterLink, i: int, failback: bool, failback_every: float) -> tuple[str, int]:
+        """Watch the current master; (why, index of the next master) when it is time to move."""
+        check_every = min(0.5, self.alive_interval / 4) if self.alive_interval > 0 else 0.5
+        first = self.masters[0]
+        last_probe = time.monotonic()
+        while True:
+            await asyncio.sleep(check_every)
+            if link.refused:
+                return "refused", self._next_usable(i)
+            if self.alive_interval > 0:
+                limit = self.alive_interval
+            else:  # no liveness check: only a master that never answered is left
+                limit = FIRST_ANSWER_WAIT if link.last_heard == 0.0 else float("inf")
+            if link.silent_for() >= limit:
+                return "silent", self._next_usable(i)
+            if failback and i != 0 and first not in self._bad_masters \
+                    and time.monotonic() - last_probe >= failback_every:
+                last_probe = time.monotonic()
+                if await answers(first.host, first.port):
+                    return "failback", 0
+
+    async def check_key(self, link: MasterLink) -> None:
         """The handshake failed: compare the key the master serves with the trusted one."""
-        port = int(self.opts.get("master_pub_port") or 4507)
+        address = link.address
         try:
-            served = await bootstrap.fetch(self.opts["master"], port, timeout=3.0)
+            served = await bootstrap.fetch(address.host, address.pub_port, timeout=3.0)
         except bootstrap.BootstrapError as exc:
-            if not self._said_key_unchecked:
-                self._said_key_unchecked = True
-                log.warning("the encrypted handshake with the master at %s fails: its key may not be the trusted one "
-                            "(%s), and it cannot be checked (%s); retrying", self._where(), self.key_source, exc)
+            link.key_unchecked(str(exc), self.key_source)
             return
-        if served != self.master_key:
-            self._fatal(changed_message(self.master_key or "", self.key_source, served, self._where()))
+        if served == self.master_key:
+            return
+        message = changed_message(self.master_key or "", self.key_source, served, address.where)
+        if self.mode == "single":
+            self._fatal(message)
+            return
+        self._bad_masters.add(address)
+        link.refused = True
+        if all(m in self._bad_masters for m in self.masters):
+            self._fatal(message)
+            return
+        log.error("%s; this master is not used (the others are)", message)
+        if self.mode == "hot":
+            self._spawn(self._close_link(link))
 
-    async def _reachability_loop(self) -> None:
-        """Say once, at WARNING, why there is no connection, when there has been none for a while."""
-        while True:
-            await asyncio.sleep(1.0)
-            if self._connected or self._said_unreachable:
-                continue
-            if time.monotonic() - self._down_since < UNREACHABLE_WARN_SECONDS:
-                continue
-            self._said_unreachable = True
-            why = "no encrypted session (see the lines above)"
-            try:
-                _reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.opts["master"], self.opts["master_port"]), 3.0)
-                writer.close()
-            except asyncio.TimeoutError:
-                why = "no answer"
-            except OSError as exc:
-                why = os.strerror(exc.errno) if exc.errno else str(exc)
-            log.warning("cannot reach the master at %s for %.0f s: %s; retrying", self._where(),
-                        time.monotonic() - self._down_since, why)
+    # -- what the links report -------------------------------------------------------------------
+    def on_session(self, link: MasterLink) -> None:
+        """A master connected or welcomed this minion: what waits in the spool goes now."""
+        self._flush_spool(0.0)
 
-    async def _ping_loop(self) -> None:
-        interval = float(self.opts.get("ping_interval") or 10)
-        while True:
-            await asyncio.sleep(interval)
-            if self._accepted.is_set():
-                self._send({"cmd": "ping"})
+    def on_ack(self, link: MasterLink, jid: str) -> None:
+        self.spool.ack(self.id, jid)
+        self._refusals.pop(jid, None)
+
+    def on_refused(self, link: MasterLink, message: dict[str, Any]) -> None:
+        reason, jid = message.get("reason"), message.get("jid")
+        if reason == "id does not match the key" and "jid" not in message:
+            accepted_as = message.get("accepted_as") or "another minion"
+            self._fatal(f"the master refused this minion: its key is accepted as {accepted_as}, but this minion's "
+                        f"id is {self.id}; set id: {accepted_as}, or give this minion its own key "
+                        f"(remove {self.opts['pki_dir']}/minion.key and minion.pub) and accept it")
+            return
+        if jid and reason == "not targeted" and self.mode != "single" and self._recent.origin(str(jid)) is not link:
+            # This master does not know the job; the one it came from (or another) may.
+            refused = self._refusals.setdefault(str(jid), set())
+            refused.add(link.address)
+            if not all(m in refused for m in self.masters):
+                log.info("the master%s does not know job %s; its return waits for another master", link.label, jid)
+                return
+            self._refusals.pop(str(jid), None)
+        log.warning("the master%s refused a message: %s", link.label, reason)
+        if jid and reason in ("not targeted", "id does not match the key"):
+            self.spool.ack(self.id, str(jid))
+
+    def on_publish(self, link: MasterLink, publish: dict[str, Any]) -> None:
+        if not self._targets_me(publish):
+            return
+        if self.mode != "single" and not self._recent.first(publish["jid"], link):
+            log.debug("job %s from the master%s already started; not run twice", publish["jid"], link.label)
+            return
+        self._spawn(self._run_job(publish))
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _route(self, jid: str | None) -> MasterLink | None:
+        """The master a message (a return of job ``jid``) goes to now."""
+        links = self.links
+        if self.mode != "hot":
+            link = links[0] if links else None
+            if link is not None and jid is not None and link.address in self._refusals.get(jid, ()):
+                return None  # it does not know the job: the return waits for another master
+            return link
+        refused = self._refusals.get(jid, ()) if jid is not None else ()
+        origin = self._recent.origin(jid) if jid is not None else None
+        if origin is not None and origin in links and origin.healthy() and origin.address not in refused:
+            return origin
+        for link in links:
+            if link.healthy() and link.address not in refused:
+                return link
+        return None
+
+    def _send(self, message: dict[str, Any]) -> None:
+        load = message.get("load")
+        jid = str(load.get("jid")) if message.get("cmd") == "_return" and isinstance(load, dict) else None
+        link = self._route(jid)
+        if link is not None:
+            link.send(message)
+        else:
+            log.debug("no master to send %s to now; kept for later", message.get("cmd"))
 
     async def _resend_loop(self) -> None:
         every = float(self.opts.get("spool_resend_seconds") or 5)
         while True:
             await asyncio.sleep(every)
-            if self._accepted.is_set():
+            if any(link.accepted.is_set() for link in self.links):
                 self._flush_spool(every)
 
     def _flush_spool(self, older_than: float) -> None:
         for _jid, ret in self.spool.due(self.id, older_than):
             self._send({"cmd": "_return", "load": ret})
 
-    async def _dealer_loop(self) -> None:
-        while True:
-            data = await self.dealer.recv()
-            try:
-                message = decode(data, self.max_size)
-            except FrameError as exc:
-                log.warning("ignored a bad frame from the master: %s", exc)
-                continue
-            cmd = message["cmd"]
-            if cmd == "ack":
-                self.spool.ack(self.id, str(message.get("jid")))
-            elif cmd == "welcome":
-                if not self._accepted.is_set():
-                    if self.state in ("pending", "rejected", "not_accepted"):
-                        # ZeroMQ gives up on a publish socket refused while the key was pending,
-                        # rejected or revoked (ZAP's 400 is final for libzmq).
-                        await self._reopen_sub()
-                    self.state = "accepted"
-                    self._accepted.set()
-                    self._flush_spool(0.0)
-                    early, self._early = self._early, []
-                    for publish in early:
-                        self._start_job(publish)
-            elif cmd == "pending":
-                if self.state != "pending":
-                    log.warning("this minion's key is pending on the master; waiting for saline-key -a %s", self.id)
-                self.state = "pending"
-            elif cmd in ("rejected", "not_accepted"):
-                if self._accepted.is_set() or self.state != cmd:
-                    log.error("the master %s this minion's key", "rejected" if cmd == "rejected" else "does not accept")
-                self.state = cmd
-                self._accepted.clear()
-            elif cmd == "refused" and message.get("reason") == "id does not match the key" and "jid" not in message:
-                accepted_as = message.get("accepted_as") or "another minion"
-                self._fatal(f"the master refused this minion: its key is accepted as {accepted_as}, but this minion's "
-                            f"id is {self.id}; set id: {accepted_as}, or give this minion its own key "
-                            f"(remove {self.opts['pki_dir']}/minion.key and minion.pub) and accept it")
-            elif cmd == "refused":
-                log.warning("the master refused a message: %s", message.get("reason"))
-                if message.get("jid") and message.get("reason") in ("not targeted", "id does not match the key"):
-                    self.spool.ack(self.id, str(message["jid"]))
-            elif cmd == "pong":
-                self._last_pong = time.time()
-
-    async def _reopen_sub(self) -> None:
-        self._sub_task.cancel()
-        await asyncio.gather(self._sub_task, return_exceptions=True)
-        self.sub.close(0)
-        self._open_sub()
-        self._sub_task = asyncio.create_task(self._sub_loop())
-
-    async def _sub_loop(self) -> None:
-        while True:
-            data = await self.sub.recv()
-            try:
-                publish = decode(data, self.max_size)
-            except FrameError as exc:
-                log.warning("ignored a bad publish: %s", exc)
-                continue
-            if publish["cmd"] != "publish" or not isinstance(publish.get("jid"), str) or not isinstance(publish.get("fun"), str):
-                continue
-            if not self._accepted.is_set():
-                # No session yet: the master's welcome may simply be on its way (the publish socket
-                # can be faster), so the job waits for it; a minion refused by the master runs none.
-                if len(self._early) < EARLY_JOBS_MAX:
-                    self._early.append(publish)
-                continue
-            self._start_job(publish)
-
-    def _start_job(self, publish: dict[str, Any]) -> None:
-        if self._targets_me(publish):
-            self._spawn(self._run_job(publish))
-
+    # -- jobs ------------------------------------------------------------------------------------
     def _targets_me(self, publish: dict[str, Any]) -> bool:
         try:
             matcher = compile_target(publish.get("tgt", ""), str(publish.get("tgt_type") or "glob"))
