@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 #: the JetStream API prefix (nats-py's default; saline uses no JetStream domain)
 API = "$JS.API"
 #: a job with at most this many returns is read by one "last message of this subject" request per
-#: minion, all in flight at once; a larger one through one ordered consumer (see docs/performance.md)
-PARALLEL_GETS = 64
+#: minion, all in flight at once; a larger one through one ordered consumer (which costs a consumer's
+#: creation, and then streams: measured here, the two cross between 100 and 1,000 returns)
+PARALLEL_GETS = 256
+#: JetStream publishes in flight at once (nats-py's own limit, ``publish_async_max_pending``)
+ACK_GROUP = 4000
 #: messages read at once when the read side looks at returns one by one (get_fun, get_jids_filter)
 GET_GROUP = 256
 #: how long an ordered consumer may stay silent before the read is taken as complete
@@ -58,9 +61,10 @@ class NatsReturner(Returner):
     ``keep_jobs`` as its age limit); this returner reads that stream, so ``jobs.lookup_jid``,
     ``jobs.list_jobs`` and friends give the same answers on every master. Subjects and bodies::
 
-        saline.<cluster_id>.rec.ret.<jid>.<minion id>   the return (MessagePack of the whole return)
-        saline.<cluster_id>.rec.load.<jid>              {"jid", "load", "minions"} (MessagePack)
-        saline.<cluster_id>.rec.event                   {"tag", "data"} (MessagePack)
+        record  subject                                        body (MessagePack)
+        return  saline.<cluster_id>.rec.ret.<jid>.<minion id>  the whole return
+        load    saline.<cluster_id>.rec.load.<jid>             {"jid", "load", "minions"}
+        event   saline.<cluster_id>.rec.event                  {"tag", "data"}
 
     Subject tokens are escaped: ``.``, ``*``, ``>``, ``%`` and white space become ``%XX``
     (``web1.example.com`` is ``web1%2Eexample%2Ecom``). Headers: ``Saline-Fun`` (the function of a
@@ -98,7 +102,8 @@ class NatsReturner(Returner):
     the stream says; each message carries a ``Nats-Msg-Id`` (``ret/<jid>/<id>``, or a hash of an
     event), so a batch retried after a cut is stored once. A message larger than the server's
     ``max_payload`` (1 MiB by default; raise it, 8 MB is the usual ceiling) fails alone, with
-    one line naming it; the rest of its batch is delivered.
+    one line naming it; the rest of its batch is delivered (and not sent again when the outbox
+    retries what failed).
 
     Connection: one per returner instance, reconnecting by itself; the job cache uses the master's
     own (the process's cluster connection) when its options are the master's. ``servers`` and
@@ -285,7 +290,7 @@ class NatsReturner(Returner):
         if self.stream:
             self._stream_state(bridge, self.stream)
         else:
-            self._call(bridge, bridge.nc.flush(self.timeout), "flush")
+            self._call(bridge, _flush(bridge.nc, self.timeout), "flush")
 
     def _stream_state(self, bridge: NatsBridge, stream: str) -> dict[str, Any]:
         data = self._call(bridge, _api(bridge, f"STREAM.INFO.{stream}", {}, self.timeout), "stream info")
@@ -320,8 +325,9 @@ class NatsReturner(Returner):
                 storage=api.StorageType.FILE, duplicate_window=RECORDS_DUPLICATE_WINDOW, max_msg_size=RECORDS_MAX_MSG)
             bridge = self._connection()
         elif self.stream:
-            subjects = [_wildcard(self.subject), _wildcard(self.event_subject)]
-            subjects = [s for i, s in enumerate(subjects) if s not in subjects[:i] and not _covered(s, subjects[:i])]
+            filters = list(dict.fromkeys([_wildcard(self.subject), _wildcard(self.event_subject)]))
+            # a stream's subjects may not overlap: one that another covers is left out
+            subjects = [f for f in filters if not any(o != f and _covers(o, f) for o in filters)]
             replicas = self.opts.get("replicas") or (3 if len(self.target.servers) >= 3 else 1)
             params = dict(name=self.stream, subjects=subjects, num_replicas=int(replicas),
                           storage=api.StorageType.FILE, max_msg_size=RECORDS_MAX_MSG)
@@ -389,7 +395,8 @@ class NatsReturner(Returner):
             subject = self.event_subject.format_map({"tag": ".".join(_token(p) for p in tag.split("/"))})
             body = _json.dumps({"tag": event.get("tag"), "data": event.get("data")}).encode("utf-8")
             digest = hashlib.sha256(subject.encode() + b"\n" + body).hexdigest()[:32]
-            messages.append(_Message(subject, body, f"event/{digest}", None, f"event {tag}"))
+            if ("event", digest) not in self._sent:  # not again when the outbox retries a batch
+                messages.append(_Message(subject, body, f"event/{digest}", ("event", digest), f"event {tag}"))
         self._publish(messages)
 
     # ... the job cache's records (the same messages the masters' JetStream outbox keeps)
@@ -425,7 +432,7 @@ class NatsReturner(Returner):
         bridge = self._connection()
         failures = self._call(bridge, _publish_js(bridge, messages, self.records, self.timeout), f"storing {what}",
                               timeout=self.timeout * 2 + 5)
-        self._raise_failures(failures, len(messages))
+        self._raise_failures(failures, messages, bridge)
 
     def _publish(self, messages: list[_Message]) -> None:
         if not messages:
@@ -438,24 +445,27 @@ class NatsReturner(Returner):
             failures = self._call(bridge, _publish_core(bridge, messages, self.timeout), "publishing",
                                   timeout=self.timeout * 2 + 5)
         self._sent.add(m.key for i, m in enumerate(messages) if m.key is not None and i not in failures)
-        self._raise_failures(failures, len(messages))
+        self._raise_failures(failures, messages, bridge)
 
-    def _raise_failures(self, failures: dict[int, BaseException | str], total: int) -> None:
+    def _raise_failures(self, failures: dict[int, BaseException | str], messages: list[_Message],
+                        bridge: NatsBridge) -> None:
+        """Nothing, or one line for what was not delivered (naming the first), unavailable when
+        every failure is the server's being away."""
         if not failures:
             return
         import nats.errors
 
-        first_index, first = next(iter(failures.items()))
+        index, first = next(iter(failures.items()))
         unavailable = all(not isinstance(e, str) and not isinstance(e, nats.errors.MaxPayloadError)
                           and isinstance(self._error(e, ""), BackendUnavailable) for e in failures.values())
         if isinstance(first, nats.errors.MaxPayloadError):
-            why = "larger than the server's max_payload"
-        elif isinstance(first, str):
-            why = first
+            limit = getattr(bridge.nc, "max_payload", 0) or 0
+            why = (f"{len(messages[index].body) / 1048576:.1f} MiB, larger than the server's max_payload "
+                   f"({limit / 1048576:g} MiB)")
         else:
-            why = _one_line(first)
-        line = self._line(f"{self.where}: {len(failures)} of {total} message(s) not delivered (the first: "
-                          f"{why})")
+            why = first if isinstance(first, str) else _one_line(first)
+        line = self._line(f"{self.where}: {len(failures)} of {len(messages)} message(s) not delivered; "
+                          f"{messages[index].name}: {why}")
         raise (BackendUnavailable if unavailable else ReturnerError)(line)
 
     # -- read side -----------------------------------------------------------------------------------
@@ -537,12 +547,14 @@ class NatsReturner(Returner):
             out[unescape_token(subject.rsplit(".", 1)[-1])] = body
         return {mid: _json.decode(recordlog.unpack(body)) for mid, body in out.items()}
 
-    def _load_of(self, body: bytes) -> tuple[str | None, dict[str, Any]]:
+    def _load_of(self, body: bytes, minions: bool = True) -> tuple[str | None, dict[str, Any]]:
+        """(jid, load) of a load record; with ``minions``, the load has ``Minions`` (the job's
+        expected minions), as the job cache gives it."""
         payload = recordlog.unpack(body)
         if not isinstance(payload, dict):
             return None, {}
         load = dict(payload["load"]) if isinstance(payload.get("load"), dict) else {}
-        if payload.get("minions") is not None:
+        if minions and payload.get("minions") is not None:
             load["Minions"] = sorted(set(map(str, payload["minions"])))
         return (str(payload["jid"]) if payload.get("jid") is not None else None), load
 
@@ -556,13 +568,13 @@ class NatsReturner(Returner):
         return jids_listing((jid, _json.decode(load)) for jid, load in self._all_loads().items())
 
     def _all_loads(self) -> dict[str, dict[str, Any]]:
-        """Every job's (first) load, by jid."""
+        """Every job's (first) load, by jid (without ``Minions``)."""
         bridge = self._reader()
         if not self._subject_counts(bridge, f"{self.names}.rec.load.*"):
             return {}
         loads: dict[str, dict[str, Any]] = {}
         for _subject, _headers, body in self._ordered(bridge, f"{self.names}.rec.load.*"):
-            jid, load = self._load_of(body)
+            jid, load = self._load_of(body, minions=False)
             if jid is not None and jid not in loads:
                 loads[jid] = load
         return loads
@@ -587,7 +599,7 @@ class NatsReturner(Returner):
                 got = loads.get(by_jid[jid])
                 if got is None:
                     continue
-                load = self._load_of(got[1])[1]
+                load = self._load_of(got[1], minions=False)[1]
                 if filter_find_job and load.get("fun") == "saltutil.find_job":
                     continue
                 found.append((jid, _json.decode(load)))
@@ -631,7 +643,6 @@ class NatsReturner(Returner):
                 if isinstance(ret, dict) and ret.get("fun") == fun:
                     out[mid] = _json.decode(ret)
                     del queues[mid]
-        return out
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -705,16 +716,15 @@ def _wildcard(template: str) -> str:
     return ".".join(out)
 
 
-def _covered(subject: str, filters: Iterable[str]) -> bool:
-    def match(f: list[str], s: list[str]) -> bool:
-        for i, token in enumerate(f):
-            if token == ">":
-                return len(s) > i
-            if i >= len(s) or (token != "*" and token != s[i] and s[i] not in ("*", ">")) or \
-                    (s[i] in ("*", ">") and token not in ("*", ">")):
-                return False
-        return len(f) == len(s)
-    return any(match(f.split("."), subject.split(".")) for f in filters)
+def _covers(wide: str, narrow: str) -> bool:
+    """Whether every subject the filter ``narrow`` matches is matched by the filter ``wide``."""
+    w, n = wide.split("."), narrow.split(".")
+    for i, token in enumerate(w):
+        if token == ">":
+            return len(n) > i
+        if i >= len(n) or n[i] == ">" or token != "*" and token != n[i]:
+            return False
+    return len(w) == len(n)
 
 
 def _token(value: Any) -> str:
@@ -782,29 +792,49 @@ async def _ordered_read(bridge: NatsBridge, stream: str, subject: str) -> list[t
 
 async def _publish_js(bridge: NatsBridge, messages: list[_Message], stream: str,
                       timeout: float) -> dict[int, BaseException | str]:
-    """Publish through JetStream, wait once for every acknowledgement; {index: why} of the failed."""
+    """Publish through JetStream and wait once for every acknowledgement (once per group of
+    ``ACK_GROUP``: nats-py holds that many in flight); {index: why} of the failed."""
     js = bridge.js
     failures: dict[int, BaseException | str] = {}
-    futures: dict[asyncio.Future, int] = {}
     mark = len(getattr(bridge, "refused", ()))
+    # One message per id: the server answers a second one in flight with the same id with an
+    # error (10158, "duplicate message id is in process") that nats-py never hands to its future.
+    first_of: dict[str, int] = {}
+    copies: dict[int, int] = {}
     for i, m in enumerate(messages):
-        headers = dict(m.headers or {})
         if m.msg_id:
-            headers["Nats-Msg-Id"] = m.msg_id
+            copies[i] = first_of.setdefault(m.msg_id, i)
+    for start in range(0, len(messages), ACK_GROUP):
+        futures: dict[asyncio.Future, int] = {}
         try:
-            fut = await js.publish_async(m.subject, m.body, headers=headers, stream=stream, wait_stall=timeout)
-        except Exception as exc:  # too large, or the client's queue stalled: this one alone
-            failures[i] = exc
-            continue
-        futures[fut] = i
-    if futures:
-        done, pending = await asyncio.wait(list(futures), timeout=timeout)
-        for fut in pending:
-            fut.cancel()  # frees its slot; a retry with the same Nats-Msg-Id is stored once
-            failures[futures[fut]] = TimeoutError(f"no acknowledgement within {timeout:g} s")
-        for fut in done:
-            if fut.exception() is not None:
-                failures[futures[fut]] = fut.exception()  # type: ignore[assignment]
+            for i in range(start, min(start + ACK_GROUP, len(messages))):
+                if copies.get(i, i) != i:
+                    continue  # the same message as an earlier one: its outcome is that one's
+                m = messages[i]
+                headers = dict(m.headers or {})
+                if m.msg_id:
+                    headers["Nats-Msg-Id"] = m.msg_id
+                try:
+                    # no wait_stall: with it nats-py starts a task per message (25 times slower here)
+                    fut = await js.publish_async(m.subject, m.body, headers=headers, stream=stream)
+                except Exception as exc:  # too large: this one alone
+                    failures[i] = exc
+                    continue
+                futures[fut] = i
+            if futures:
+                done, pending = await asyncio.wait(list(futures), timeout=timeout)
+                for fut in pending:
+                    failures[futures[fut]] = TimeoutError(f"no acknowledgement within {timeout:g} s")
+                for fut in done:
+                    if fut.exception() is not None:
+                        failures[futures[fut]] = fut.exception()  # type: ignore[assignment]
+        finally:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()  # frees its slot; a retry with the same Nats-Msg-Id is stored once
+    for i, first in copies.items():
+        if first != i and first in failures:
+            failures[i] = failures[first]
     refused = getattr(bridge, "refused", [])[mark:]
     if refused and failures:
         for i in failures:
@@ -827,7 +857,7 @@ async def _publish_core(bridge: NatsBridge, messages: list[_Message], timeout: f
                 failures[i] = exc
                 continue
             raise
-    await nc.flush(timeout)  # the server has read everything before its answer to this ping
+    await _flush(nc, timeout)
     refused = getattr(bridge, "refused", [])[mark:]
     if refused:
         subjects = {m.group(1) for m in (re.search(r'publish to "([^"]*)"', r) for r in refused) if m}
@@ -835,6 +865,20 @@ async def _publish_core(bridge: NatsBridge, messages: list[_Message], timeout: f
             if m.subject.lower() in subjects or not subjects:
                 failures[i] = refused[0]
     return dict(sorted(failures.items()))
+
+
+async def _flush(nc: Any, timeout: float) -> None:
+    """Until the server has read everything published so far (and refused what it refuses).
+
+    nats-py's ``flush`` writes its PING straight to the socket, ahead of the publishes still
+    queued for its flusher task: its PONG can come back before the server has seen them. So wait
+    until the queue is written first; the PING then follows the publishes on the wire."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while nc.pending_data_size > 0:
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"publishes not written within {timeout:g} s")
+        await asyncio.sleep(0.001)
+    await nc.flush(timeout)
 
 
 async def _wait_ready(js: Any, subject: str, timeout: float) -> None:
