@@ -249,3 +249,19 @@ def test_a_list_of_masters_that_cannot_be_used_is_said_in_one_line(tmp_path: Pat
         assert re.search(rf"master 127\.0\.0\.1:{closed} did not answer for 1 s; switching to no-such-master", log), log
         assert "Master hostname" not in log  # said once per switch, not again by the connection
         assert c.procs["lost"].poll() is None
+
+
+def test_a_master_with_another_key_is_refused_and_the_others_used(tmp_path: Path) -> None:
+    good = LocalCluster(tmp_path / "good")
+    other = LocalCluster(tmp_path / "other")  # a key pair of its own: not one of this minion's masters
+    with good, other:
+        good.start_master()
+        other.start_master()
+        good.start_minion("both", master=[_entry(other), _entry(good)])
+        good.accept("both")
+        good.wait_for(lambda: "refusing it" in _log(good, "both"), 20, "the other master to be refused")
+        log = _log(good, "both")
+        assert f"the master at 127.0.0.1:{other.ret_port} presents a key with fingerprint" in log, log
+        assert "; this master is not used (the others are)" in log
+        _answers(good, "both", "echo still", "still")
+        assert good.procs["both"].poll() is None
