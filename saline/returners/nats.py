@@ -13,7 +13,11 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Awaitable, Mapping, TypeVar
+
+import nats.errors  # nats-py: the registry turns its absence into "pip install 'saline[nats]'"
+import nats.js.errors
+from nats.js import api
 
 from saline import recordlog
 from saline.cluster.bridge import NatsBridge, shared
@@ -258,9 +262,6 @@ class NatsReturner(Returner):
             raise self._error(exc, doing) from None
 
     def _error(self, exc: BaseException, doing: str) -> ReturnerError:
-        import nats.errors
-        import nats.js.errors
-
         text = _one_line(exc)
         if isinstance(exc, nats.js.errors.NoStreamResponseError):
             return BackendUnavailable(self._line(f"{doing}: no stream answered on {self.where} (none takes the "
@@ -316,8 +317,6 @@ class NatsReturner(Returner):
     def init_schema(self) -> None:
         """Create the stream this instance writes to when it does not exist: the records stream of
         the job cache (as the masters' outbox makes it), or ``stream`` capturing the subjects."""
-        from nats.js import api
-
         if self.is_cache:
             c = self.target
             params: dict[str, Any] = dict(
@@ -345,8 +344,7 @@ class NatsReturner(Returner):
 
         async def create() -> None:
             await bridge.js.add_stream(**params)
-            await _wait_ready(bridge.js, params["subjects"][0].replace(">", "ready").replace("*", "ready"),
-                              self.timeout)
+            await _wait_leader(bridge.js, name, self.timeout)
 
         self._call(bridge, create(), f"creating stream {name}", timeout=self.timeout * 2 + 5)
         log.info("returner nats: created stream %s (%s)", name, ", ".join(params["subjects"]))
@@ -425,7 +423,7 @@ class NatsReturner(Returner):
         for subject, payload, headers, name in records:
             try:
                 body = recordlog.pack(payload)
-            except Exception as exc:  # msgpack refuses it: that item alone
+            except Exception as exc:  # msgpack refuses it (the outbox splits the batch to find which)
                 raise ReturnerError(self._line(f"cannot encode {name}: {_one_line(exc)}")) from None
             messages.append(_Message(subject, body, headers.get("Nats-Msg-Id"), None, name,
                                      {"Saline-Route": "", "Saline-Origin": self.master_id, **headers}))
@@ -453,8 +451,6 @@ class NatsReturner(Returner):
         every failure is the server's being away."""
         if not failures:
             return
-        import nats.errors
-
         index, first = next(iter(failures.items()))
         unavailable = all(not isinstance(e, str) and not isinstance(e, nats.errors.MaxPayloadError)
                           and isinstance(self._error(e, ""), BackendUnavailable) for e in failures.values())
@@ -769,9 +765,7 @@ async def _gets(bridge: NatsBridge, stream: str, requests: list[dict[str, Any]],
 async def _ordered_read(bridge: NatsBridge, stream: str, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
     """Every message of ``stream`` under ``subject``, oldest first, through an ordered consumer
     (ephemeral, in memory, flow-controlled); the bodies are decoded by the caller."""
-    import nats.errors
-
-    sub = await bridge.js.subscribe(subject, stream=stream, ordered_consumer=True, inactive_threshold=30.0)
+    sub = await bridge.js.subscribe(subject, stream=stream, ordered_consumer=True, inactive_threshold=5.0)
     out: list[tuple[str, dict[str, str], bytes]] = []
     try:
         while True:
@@ -850,13 +844,8 @@ async def _publish_core(bridge: NatsBridge, messages: list[_Message], timeout: f
     for i, m in enumerate(messages):
         try:
             await nc.publish(m.subject, m.body)
-        except Exception as exc:
-            import nats.errors
-
-            if isinstance(exc, nats.errors.MaxPayloadError):
-                failures[i] = exc
-                continue
-            raise
+        except nats.errors.MaxPayloadError as exc:  # this one alone
+            failures[i] = exc
     await _flush(nc, timeout)
     refused = getattr(bridge, "refused", [])[mark:]
     if refused:
@@ -881,21 +870,14 @@ async def _flush(nc: Any, timeout: float) -> None:
     await nc.flush(timeout)
 
 
-async def _wait_ready(js: Any, subject: str, timeout: float) -> None:
-    """Until a stream just created answers on ``subject`` (it may answer nobody for a moment): a
-    publish expecting a last sequence no stream has is refused (10071), storing nothing."""
-    import nats.js.errors
-
+async def _wait_leader(js: Any, stream: str, timeout: float) -> None:
+    """Until a stream just created has a leader (it answers nobody before). Not a probe publish:
+    subscribers of the subjects would see it."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        try:
-            await js.publish(subject, b"", timeout=1, headers={"Nats-Expected-Last-Sequence": str(2 ** 62)})
+        info = await js.stream_info(stream)
+        if info.cluster is None or info.cluster.leader:
             return
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == 10071:
-                return
-            raise
-        except (nats.js.errors.NoStreamResponseError, asyncio.TimeoutError):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"stream {stream} has no leader after {timeout:g} s")
+        await asyncio.sleep(0.05)
