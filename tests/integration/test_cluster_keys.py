@@ -25,7 +25,7 @@ import zmq
 
 from saline.cluster.bridge import NatsBridge
 from saline.cluster.config import ClusterConfig
-from saline.cluster.keys import KeySync, kv_key
+from saline.cluster.keys import KeySync, decode, encode, kv_key, minion_of
 from saline.transport.keys import ACCEPTED, PENDING, REJECTED, STATES, KeyStore
 from tests.helpers.natscluster import NatsCluster, NatsUser, saline_permissions
 
@@ -154,8 +154,27 @@ def assert_quiet(m: Master, seconds: float = 1.0) -> None:
     assert m.last_revision() == before, "the masters keep writing to the bucket (ping-pong)"
 
 
+def test_entries_name_any_minion_id_and_refuse_what_is_not_a_key_state() -> None:
+    for mid in ("web1.example.com", "db@1", "a..b", ".x", "x.", "host:8", "A_b-9"):
+        key = kv_key(mid)
+        assert minion_of(key) == mid and all(c.isalnum() or c in "_-=." for c in key)
+        assert not key.startswith(".") and not key.endswith(".") and ".." not in key
+    assert kv_key("web1.example.com") == "web1.example.com" and kv_key("db@1") == "db=401"
+    # not what kv_key makes (a bad escape, an escaped dot that needs none), or not a minion id
+    assert minion_of("db=4") is None and minion_of("web1=2Eexample") is None and minion_of("a=2F") is None
+    k, k2 = new_key(), new_key()
+    assert decode(encode({PENDING: k}, "A")) == {PENDING: k}
+    assert decode(encode({ACCEPTED: k, "minions_denied": k2}, "A")) == {ACCEPTED: k, "minions_denied": k2}
+    assert decode(encode({}, "A")) == {}
+    for bad in (b"not json", b"[]", b'{"state": "minions"}', b'{"state": "minions", "key": "short"}',
+                b'{"state": "nowhere", "key": "x"}', json.dumps({"state": ACCEPTED, "key": k, "also": {"x": k}}).encode()):
+        with pytest.raises(ValueError):
+            decode(bad)
+
+
 @pytest.mark.parametrize("masters", ["ka"], indirect=True)
-def test_accept_reject_delete_reach_the_other_master(masters: Callable[..., Master]) -> None:
+def test_accept_reject_delete_reach_the_other_master(masters: Callable[..., Master],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     a, b = masters("A"), masters("B")
     key = new_key()
     # B's hello handler files a new minion's key as pending
@@ -190,6 +209,18 @@ def test_accept_reject_delete_reach_the_other_master(masters: Callable[..., Mast
     assert (entry["state"], entry["key"], entry["also"]) == (ACCEPTED, key, {"minions_denied": other})
     assert_quiet(a)
     assert a.sync.counts["conflicts"] == b.sync.counts["conflicts"] == 0
+
+    # entries nobody should have written (by hand, or an older saline) are ignored with a warning
+    async def junk() -> None:
+        kv = await a.bridge.js.key_value(a.config.bucket("keys"))
+        await kv.put("junk1", b"not json")
+        await kv.put("bad=2F", encode({PENDING: key}, "X"))
+
+    a.bridge.call(junk(), timeout=15)
+    b.store.add(PENDING, "after-junk", other)
+    wait(lambda: a.states("after-junk") == {PENDING: other}, 5, "a change after the junk entries still syncs")
+    assert a.states("junk1") == {} and not any("/" in p.name for p in a.pki.rglob("*"))
+    assert any("junk1" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("masters", ["kb"], indirect=True)
