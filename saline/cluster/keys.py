@@ -286,10 +286,14 @@ class KeySync:
         if not self._base_dirty:
             return
         self._base_dirty = False
-        data = json.dumps({"bucket": self.bucket, "master": self.master_id, "saved": round(time.time(), 3),
-                           "ids": self._base}, separators=(",", ":")).encode()
+        doc = {"bucket": self.bucket, "master": self.master_id, "saved": round(time.time(), 3),
+               "ids": dict(self._base)}  # a copy: its values are replaced, never changed in place
+
+        def write() -> None:  # in the executor: thousands of ids take a few ms to encode
+            _write_atomic(self.base_file, json.dumps(doc, separators=(",", ":")).encode())
+
         try:
-            await asyncio.to_thread(_write_atomic, self.base_file, data)
+            await asyncio.to_thread(write)
         except OSError as exc:
             self._warn_once(("base", exc.errno), "keys: cannot save %s: %s", self.base_file, _one_line(exc))
 
