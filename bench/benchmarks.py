@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from common import (Cluster, _init_schema, cluster, cpu_shares, cpu_snapshot, figure, median, mongo_count_before,
-                    mongo_opts, mysql_count, mysql_database, mysql_opts, percentile, pg_count, pg_database, pg_opts,
-                    redis_count, redis_database, redis_opts, secantus_server, sqlite_count, tree_memory)
+from common import (REST, Cluster, _init_schema, cluster, cpu_shares, cpu_snapshot, figure, median,
+                    mongo_count_before, mongo_opts, mysql_count, mysql_database, mysql_opts, percentile, pg_count,
+                    pg_database, pg_opts, redis_count, redis_database, redis_opts, secantus_server, sqlite_count,
+                    tree_memory)
 
 BENCH = Path(__file__).resolve().parent
 #: seconds of sustained load per run in full mode (``bench/run.py --seconds``), and runs per
@@ -187,11 +188,14 @@ def sustained_rate(c: Cluster, count: Callable[[], int], seconds: float, warmup:
 
 
 def cpu_note(shares: list[dict[str, float]]) -> str:
-    """The median CPU of each part over the runs, as a note: where the two cores went."""
-    labels = list(dict.fromkeys(k for s in shares for k in s))
+    """The median CPU of each part over the runs, as a note: where the two cores went, and what
+    the rest of the machine took meanwhile (other work on a shared machine shows there)."""
+    labels = [k for k in dict.fromkeys(k for s in shares for k in s) if k != REST]
     parts = [f"{k} {median([s.get(k, 0.0) for s in shares]):.0f} %" for k in labels]
-    total = median([sum(s.values()) for s in shares])
-    return f"CPU (% of one core, {total:.0f} % in all): " + ", ".join(parts)
+    total = median([sum(v for k, v in s.items() if k != REST) for s in shares])
+    rest = [s[REST] for s in shares if REST in s]
+    return f"CPU (% of one core, {total:.0f} % in all): " + ", ".join(parts) + \
+        (f"; {REST} {median(rest):.0f} %" if rest else "")
 
 
 RET_ROW = {"fun_args": [], "return": True, "retcode": 0, "success": True, "fun": "test.ping"}

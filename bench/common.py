@@ -206,9 +206,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _label(pid: int, master: int, load: int) -> str | None:
-    """Which part of the run a process is: the master, a delivery process, the load generator, the
-    database server; None for anything else on the machine."""
+def _label(pid: int, master: int, load: int, family: set[int]) -> str | None:
+    """Which part of the run a process is: the master, one of its delivery processes (``family``:
+    the master's descendants; other masters' on the machine are not this run's), the load
+    generator, the database server; None for anything else on the machine."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
@@ -218,19 +219,33 @@ def _label(pid: int, master: int, load: int) -> str | None:
         return "master"
     if pid == load:
         return "load generator"
-    if b"saline.master.returner_process" in argv:
+    if b"saline.master.returner_process" in argv and pid in family:
         return f"delivery {argv[argv.index(b'saline.master.returner_process') + 2].decode()}"
     if comm in SERVERS or b"secantus" in argv[:4]:  # SecantusDB runs as python3 -m secantus
         return "server"
     return None
 
 
+#: the CPU the whole machine used beside the run's parts: other work (the machine is shared), and
+#: the kernel's own threads (part of the run's loopback traffic is theirs)
+REST = "the rest of the machine"
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle since boot (``/proc/stat``; guest time is in user)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_snapshot(master: int, load: int) -> dict[int, tuple[str, float]]:
-    """pid -> (label, CPU seconds so far) of every process of the run (see ``_label``)."""
-    out = {}
+    """pid -> (label, CPU seconds so far) of every process of the run (see ``_label``), and
+    under pid 0 the whole machine's busy CPU seconds (``REST``)."""
+    family = set(process_tree(master))
+    out = {0: (REST, _machine_busy_seconds())}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            label = _label(int(entry.name), master, load)
+            label = _label(int(entry.name), master, load, family)
             if label is not None:
                 out[int(entry.name)] = (label, _cpu_seconds(int(entry.name)))
     return out
@@ -239,12 +254,18 @@ def cpu_snapshot(master: int, load: int) -> dict[int, tuple[str, float]]:
 def cpu_shares(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
                seconds: float) -> dict[str, float]:
     """Per label, the percent of one core used between two snapshots (a process that started
-    meanwhile counts from zero)."""
+    meanwhile counts from zero); ``REST`` is what the machine used beyond the labelled parts."""
     shares: dict[str, float] = {}
     for pid, (label, used) in after.items():
+        if pid == 0:
+            continue
         spent = used - before.get(pid, (label, 0.0))[1]
         shares[label] = shares.get(label, 0.0) + 100.0 * spent / seconds
-    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+    ordered = dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+    if 0 in before and 0 in after:
+        busy = 100.0 * (after[0][1] - before[0][1]) / seconds
+        ordered[REST] = max(0.0, busy - sum(shares.values()))
+    return ordered
 
 
 # -- clusters ----------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ baseline, current, ...). What the rounds become:
   pooled into the note's "CPU (...)" part;
 - a floor (the driver's bulk path, bare pyzmq) does not depend on the side: the median of every
   measurement of both sides (``floor_runs``); so is the transport floor row (``transport``);
-- the current row carries the baseline's figures as ``baseline`` and ``ratio`` (current /
-  baseline); every returns/s row gets ``of_transport``, its share of the transport floor of the
+- the current row carries the baseline's figures as ``baseline``, ``ratio`` (current /
+  baseline) and ``round_ratios`` (the same, round by round); every returns/s row gets ``of_transport``, its share of the transport floor of the
   same run (for both sides).
 """
 
@@ -103,8 +103,20 @@ def combine(current: Rounds | None, baseline: Rounds | None) -> list[Row]:
             row["baseline"] = keep
             if not row.get("scale") and row.get("value") and theirs.get("value"):
                 row["ratio"] = row["value"] / theirs["value"]
+                row["round_ratios"] = _round_ratios(name, current or [], baseline or [])
         rows.append(row)
     return transport_shares(rows)
+
+
+def _round_ratios(name: str, current: Rounds, baseline: Rounds) -> list[float]:
+    """Current / baseline of each round both sides finished (rows carry their ``round``): the
+    pairs measured minutes apart, which drift of the machine touches least."""
+    def values(rounds: Rounds) -> dict[int, float]:
+        return {r["round"]: r["value"] for rows in rounds for r in rows
+                if r["name"] == name and "round" in r and r.get("value")}
+
+    mine, theirs = values(current), values(baseline)
+    return [mine[k] / theirs[k] for k in sorted(mine) if k in theirs]
 
 
 def transport_shares(rows: list[Row]) -> list[Row]:

@@ -1,7 +1,7 @@
 """Run the benchmark suite and write the results table.
 
     python bench/run.py [--smoke] [--only cli,fanout,returns,events,latency] [--out bench/results] [--merge]
-    python bench/run.py --baseline 67b7203 [--only returns] [--rounds 3] [--current HEAD]
+    python bench/run.py --baseline 67b7203 [--only returns [--backends mysql]] [--rounds 3] [--current HEAD]
     python bench/run.py --baseline 67b7203 --baseline-only [--only returns]
     python bench/run.py --docs [--out bench/results]   # docs/performance.md from <out>/latest.json
 
@@ -43,10 +43,17 @@ Rows = list[dict[str, Any]]
 RETURNS_LIKE = ("returns", "returns_jobcache", "returns_mongo", "events")
 
 
+#: ``--backends``: the backends of the ``returns`` benchmark (empty: all four)
+BACKENDS: list[str] = []
+
+
 def _benchmarks() -> dict[str, Callable[[bool, Path], Rows]]:
     import benchmarks
 
-    return {**benchmarks.ALL, "transport": lambda smoke, _folder: benchmarks.transport_floor(smoke)}
+    chosen = {**benchmarks.ALL, "transport": lambda smoke, _folder: benchmarks.transport_floor(smoke)}
+    if BACKENDS:
+        chosen["returns"] = lambda smoke, folder: benchmarks.bench_returns(smoke, folder, tuple(BACKENDS))
+    return chosen
 
 
 def _order(name: str) -> float:
@@ -91,11 +98,19 @@ def collect_sides(smoke: bool, names: list[str], trees: list[CodeTree],
     """Each benchmark ``rounds`` times per code tree, alternating the trees within each round; the
     transport floor (no saline in it) once per round. Returns the combined rows, the errors, and
     per tree what its processes were checked to have run."""
-    from compare import combine
-
     import benchmarks
 
     benchmarks.SUSTAIN["runs"] = 1  # one run per round and side: the rounds are the runs
+    try:
+        return _collect_sides(smoke, names, trees, rounds)
+    finally:
+        benchmarks.SUSTAIN["runs"] = 0
+
+
+def _collect_sides(smoke: bool, names: list[str], trees: list[CodeTree],
+                   rounds: int) -> tuple[Rows, dict[str, str], dict[str, dict[str, Any]]]:
+    from compare import combine, transport_shares
+
     if "returns" not in names and any(n in RETURNS_LIKE for n in names):
         names = ["transport", *names]  # the floor of their own run
     rows: Rows = []
@@ -114,6 +129,8 @@ def collect_sides(smoke: bool, names: list[str], trees: list[CodeTree],
                         tree.reset()
                         common.CODE["tree"] = tree
                     part = _one(name, smoke)
+                    for r in part:
+                        r["round"] = k + 1
                     if tree is not None:  # the processes really ran this tree's saline, or no figures
                         for kind, n in tree.verify().items():
                             seen[tree.label][kind] = seen[tree.label].get(kind, 0) + n
@@ -136,8 +153,6 @@ def collect_sides(smoke: bool, names: list[str], trees: list[CodeTree],
             if "baseline" in r:
                 r["baseline"]["commit"] = trees[0].short
         rows += part
-    from compare import transport_shares
-
     checked = {t.label: t.summary(seen[t.label]) for t in trees}
     return transport_shares(rows), errors, checked
 
@@ -172,7 +187,11 @@ def run(smoke: bool, only: list[str], out: Path, merge: bool = False, baseline: 
             compared = {"rounds": rounds, **checked}
         else:
             rows, errors = collect(smoke, names)
-    result: dict[str, Any] = {"mode": "smoke" if smoke else "full", "sustain_s": SUSTAIN["seconds"],
+    if BACKENDS and "returns" in names:  # the other backends' rows of an earlier run stay, on --merge
+        result_extra: dict[str, Any] = {"partial": ["returns"], "backends": list(BACKENDS)}
+    else:
+        result_extra = {}
+    result: dict[str, Any] = {**result_extra, "mode": "smoke" if smoke else "full", "sustain_s": SUSTAIN["seconds"],
                               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
                               "seconds": round(time.time() - started, 1), "machine": info, "rows": rows,
                               "errors": errors}
@@ -204,13 +223,16 @@ def _check_mergeable(old: dict[str, Any], baseline: str | None, baseline_only: b
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """The last run's rows, with this run's benchmarks (and any row of the same name) replaced."""
-    fresh = {r["bench"] for r in new["rows"]} | set(new["errors"])
+    fresh = ({r["bench"] for r in new["rows"]} | set(new["errors"])) - set(new.get("partial", []))
     names = {r["name"] for r in new["rows"]}
     kept = [r for r in old["rows"] if r.get("bench") not in fresh and r["name"] not in names]
     rows = sorted(kept + new["rows"], key=lambda r: _order(r.get("bench", "")))  # stable: each run's own order
     merged = {**old, "rows": rows, "errors": {**{k: v for k, v in old.get("errors", {}).items() if k not in fresh},
                                               **new["errors"]},
-              "merged": sorted(set(old.get("merged", [])) | fresh), "machine": new["machine"]}
+              "merged": sorted(set(old.get("merged", [])) | fresh | set(new.get("partial", []))),
+              "machine": new["machine"]}
+    merged.pop("partial", None)
+    merged.pop("backends", None)
     if "compare" in new:
         merged["compare"] = new["compare"]
     return merged
@@ -242,7 +264,9 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
     if base_c and not cur_c:
         code = f"commit {base_c['short']} (checked out in a temporary git worktree)"
     elif cur_c:
-        code = cur_c["describe"] + (f" (bench/ at commit {info.get('git')})" if cur_c["short"] != info.get("git") else "")
+        code = cur_c["describe"]
+        if cur_c["short"] != info.get("git"):
+            code += f" (bench/ at commit {info.get('git')})"
     else:
         code = f"commit {info.get('git')}"
     lines = [f"Mode: **{result['mode']}**, run {result['started']} ({result['seconds']:.0f} s), {code}.",
@@ -276,8 +300,10 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
         cells = [r["name"], r["goal"]]
         if paired:
             other = f" (commit {b['commit']})" if b.get("commit") and b["commit"] != base_c["short"] else ""
-            cells += [fmt(b["value"], unit) + other if b else "", fmt(r["value"], unit),
-                      f"×{r['ratio']:.2f}" if r.get("ratio") else "", met, floor]
+            ratio = f"×{r['ratio']:.2f}" if r.get("ratio") else ""
+            if ratio and len(r.get("round_ratios") or []) > 1:
+                ratio += " (rounds " + ", ".join(f"×{x:.2f}" for x in r["round_ratios"]) + ")"
+            cells += [fmt(b["value"], unit) + other if b else "", fmt(r["value"], unit), ratio, met, floor]
         else:
             if baseline:
                 prev = before.get(r["name"])
@@ -287,8 +313,8 @@ def markdown(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> 
             now = _pct(r.get("of_transport")) if r.get("of_transport") is not None else ""
             cells.append(f"{_pct(b.get('of_transport'))} → {now}" if paired and b.get("of_transport") else now)
         if paired and b:
-            runs = "; ".join(x for x in (f"before: {_runs(b.get('runs'), unit)}" if _runs(b.get("runs"), unit) else "",
-                                         f"now: {_runs(r.get('runs'), unit)}" if _runs(r.get("runs"), unit) else "") if x)
+            runs = "; ".join(f"{side}: {_runs(x.get('runs'), unit)}" for side, x in (("before", b), ("now", r))
+                             if _runs(x.get("runs"), unit))
             note = r.get("note", "") + (f" — before: {b['note']}" if b.get("note") else "")
         else:
             runs, note = _runs(r.get("runs"), unit), r.get("note", "")
@@ -349,9 +375,12 @@ def _scale_tables(rows: Rows, paired: bool) -> list[str]:
 def docs(out: Path = RESULTS) -> None:
     result = json.loads((out / "latest.json").read_text())
     notes = (BENCH / "performance_notes.md").read_text()
+    source = (out / "latest.json").resolve()
+    source_name = source.relative_to(ROOT) if source.is_relative_to(ROOT) else source
+    option = "" if out.resolve() == RESULTS else f" --out {out}"
     head = ("# Performance\n\n"
-            "Generated by `make bench` (`bench/run.py`; `python bench/run.py --docs` rebuilds this page from "
-            "`bench/results/latest.json` and the hand-written `bench/performance_notes.md`). "
+            f"Generated by `make bench` (`bench/run.py`; `python bench/run.py --docs{option}` rebuilds this page "
+            f"from `{source_name}` and the hand-written `bench/performance_notes.md`). "
             "Each figure is the median of its runs; the floor beside it is what the same work costs "
             "without saline (the interpreter, bare pyzmq, the database driver's own bulk path).\n\n"
             "## The figures\n\n")
@@ -379,6 +408,8 @@ def main() -> None:
     parser.add_argument("--baseline-only", action="store_true", help="measure only the --baseline commit's code")
     parser.add_argument("--current", metavar="COMMIT", default=None,
                         help="with --baseline: the 'now' side is COMMIT (a worktree too), not the working tree")
+    parser.add_argument("--backends", default="", help="comma-separated backends of the returns benchmark "
+                                                        "(mysql, postgres, sqlite3, redis; default all)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="with --baseline: rounds of each benchmark per side (default 3, 1 with --smoke)")
     args = parser.parse_args()
@@ -389,6 +420,10 @@ def main() -> None:
         parser.error("--baseline-only, --current and --rounds go with --baseline COMMIT")
     if args.rounds < 0:
         parser.error("--rounds must be 1 or more")
+    BACKENDS[:] = [b for b in args.backends.split(",") if b]
+    wrong = [b for b in BACKENDS if b not in ("mysql", "postgres", "sqlite3", "redis")]
+    if wrong:
+        parser.error(f"--backends: unknown {', '.join(wrong)}; known: mysql, postgres, sqlite3, redis")
     import benchmarks
 
     benchmarks.SUSTAIN["seconds"] = args.seconds

@@ -129,18 +129,19 @@ def test_rounds_combined() -> None:
     """Medians per side, floors pooled over both sides, the transport floor one figure."""
     from compare import combine
 
-    def rnd(value: float, floor: float, transport: float) -> list[dict]:
+    def rnd(k: int, value: float, floor: float, transport: float) -> list[dict]:
         return [{"name": "floor", "value": transport, "unit": "/s", "runs": [transport], "transport": True,
-                 "floor": None, "met": None, "note": ""},
+                 "floor": None, "met": None, "note": "", "round": k},
                 {"name": "returns x", "value": value, "unit": "/s", "runs": [value], "floor": floor, "met": False,
                  "note": f"v {value}; CPU (% of one core, 1 % in all): master 1 %",
-                 "cpu": [{"master": value}]}]
+                 "cpu": [{"master": value}], "round": k}]
 
-    rows = combine([rnd(30, 100, 1000), rnd(10, 300, 900), rnd(20, 200, 1100)],
-                   [rnd(5, 400, 800), rnd(15, 500, 1200), rnd(10, 600, 1000)])
+    rows = combine([rnd(1, 30, 100, 1000), rnd(2, 10, 300, 900), rnd(3, 20, 200, 1100)],
+                   [rnd(1, 5, 400, 800), rnd(3, 10, 600, 1000), rnd(2, 15, 500, 1200)])
     floor, row = rows
     assert floor["value"] == 1000 and sorted(floor["runs"]) == [800, 900, 1000, 1000, 1100, 1200]
     assert row["value"] == 20 and row["runs"] == [30, 10, 20] and row["baseline"]["value"] == 10
     assert row["ratio"] == 2.0 and row["floor"] == 350 and len(row["floor_runs"]) == 6
+    assert row["round_ratios"] == [6.0, 10 / 15, 2.0]  # round by round, whatever order they came in
     assert row["of_transport"] == 0.02 and row["baseline"]["of_transport"] == 0.01
     assert row["note"].startswith("v 20; CPU") and "master 20 %" in row["note"]  # pooled: 30, 10, 20
