@@ -26,11 +26,12 @@ import zmq
 from saline.cluster.bridge import NatsBridge
 from saline.cluster.config import ClusterConfig
 from saline.cluster.keys import KeySync, decode, encode, kv_key, minion_of
+from saline.localcluster import LocalCluster
 from saline.transport.keys import ACCEPTED, PENDING, REJECTED, STATES, KeyStore
 from tests.helpers.natscluster import NatsCluster, NatsUser, saline_permissions
 
 #: one cluster id (so one bucket and one NATS user) per test: no test sees another's keys
-CLUSTER_IDS = ("ka", "kb", "kc", "kd", "ke")
+CLUSTER_IDS = ("ka", "kb", "kc", "kd", "ke", "kf")
 
 
 def _user(cluster_id: str) -> NatsUser:
@@ -55,9 +56,9 @@ class Master:
     """A master's key side: its pki folder (written as saline-key and the hello handler write it)
     and its KeySync on a bridge of its own."""
 
-    def __init__(self, nats: NatsCluster, cluster_id: str, name: str, root: Path) -> None:
+    def __init__(self, nats: NatsCluster, cluster_id: str, name: str, root: Path, pki: Path | None = None) -> None:
         self.name = name
-        self.pki = root / name / "pki"
+        self.pki = pki or root / name / "pki"
         self.store = KeyStore(self.pki)
         user = nats.users[cluster_id]
         self.config = ClusterConfig(
@@ -121,8 +122,8 @@ def masters(nats_cluster: NatsCluster, tmp_path: Path, request: pytest.FixtureRe
     made: list[Master] = []
     cluster_id = request.param
 
-    def make(name: str, start: bool = True, **options: Any) -> Master:
-        m = Master(nats_cluster, cluster_id, name, tmp_path)
+    def make(name: str, start: bool = True, pki: Path | None = None, **options: Any) -> Master:
+        m = Master(nats_cluster, cluster_id, name, tmp_path, pki)
         made.append(m)
         return m.start(**options) if start else m
 
@@ -221,6 +222,37 @@ def test_accept_reject_delete_reach_the_other_master(masters: Callable[..., Mast
     wait(lambda: a.states("after-junk") == {PENDING: other}, 5, "a change after the junk entries still syncs")
     assert a.states("junk1") == {} and not any("/" in p.name for p in a.pki.rglob("*"))
     assert any("junk1" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("masters", ["kf"], indirect=True)
+def test_a_running_master_honours_keys_accepted_and_deleted_on_another(masters: Callable[..., Master],
+                                                                      tmp_path: Path) -> None:
+    """A real saline-master with a real minion, its pki folder synced by a KeySync as the master will
+    run it in cluster mode: the minion's key is accepted, then deleted, on another master."""
+    with LocalCluster(tmp_path / "real") as real:
+        real.start_master()
+        masters("M", pki=real.master_dir / "pki")
+        a = masters("A")
+        real.start_minion("m1")
+        wait(lambda: PENDING in a.states("m1"), 20, "m1's key, filed by the running master, reaches A")
+        key = a.states("m1")[PENDING]
+
+        a.saline_key("-a", "m1")
+        wait(lambda: real.cli("saline", "m1", "test.ping", "-t", "3").returncode == 0, 20, "m1 answers the master")
+        answered = time.time() - os.stat(a.pki / ACCEPTED).st_mtime  # since saline-key moved the file on A
+
+        log = real.master_dir / "master.log"
+        rebinds = log.read_text().count("publish socket re-bound")
+        a.saline_key("-d", "m1")
+        wait(lambda: log.read_text().count("publish socket re-bound") > rebinds, 10, "the master revokes m1")
+        revoked = time.time() - os.stat(a.pki / ACCEPTED).st_mtime
+        assert real.cli("saline", "m1", "test.ping", "-t", "2").returncode == 2  # no accepted minion m1 any more
+        # m1 says hello again: pending on the running master, and so on A
+        wait(lambda: a.states("m1") == {PENDING: key}, 20, "m1 pending again, on A too")
+        print(f"\n[keys] a running master: saline-key -a on another master -> m1 has answered a test.ping "
+              f"{answered * 1000:.0f} ms later; saline-key -d there -> publish socket re-bound within "
+              f"{revoked * 1000:.0f} ms")
 
 
 @pytest.mark.parametrize("masters", ["kb"], indirect=True)
