@@ -13,9 +13,9 @@ those files its copy of one store shared by the whole cluster:
   accepted, rejected or deleted on any master is honoured by every master within a second, on
   both ports.
 
-**The entries.** One per minion id; the KV key is the id, with every character that may not stand
-in a subject token written ``=XX`` (hex): ``web1.example.com`` stays as it is, ``db@1`` becomes
-``db=401``. The value is JSON::
+**The entries.** One per minion id; the KV key is the id, with each character a KV key may not
+hold (and a dot at either end or after another dot) written ``=XX`` (hex): ``web1.example.com``
+stays as it is, ``db@1`` becomes ``db=401``. The value is JSON::
 
     {"state": "minions", "key": "<Z85>", "by": "<master id>", "at": <unix time>}
     {"state": "deleted", "by": "<master id>", "at": <unix time>}
@@ -117,7 +117,7 @@ class _Resync(Exception):
 
 
 def kv_key(minion_id: str) -> str:
-    """The KV key of a minion id: one subject token, ``=XX`` for what a token may not hold."""
+    """The KV key of a minion id: ``=XX`` for what a KV key may not hold (no empty subject token)."""
     out = []
     last = len(minion_id) - 1
     for i, ch in enumerate(minion_id):
