@@ -191,7 +191,8 @@ def cpu_note(shares: list[dict[str, float]]) -> str:
     """The median CPU of each part over the runs, as a note: where the two cores went, and what
     the rest of the machine took meanwhile (other work on a shared machine shows there)."""
     labels = [k for k in dict.fromkeys(k for s in shares for k in s) if k != REST]
-    parts = [f"{k} {median([s.get(k, 0.0) for s in shares]):.0f} %" for k in labels]
+    medians = sorted(((median([s.get(k, 0.0) for s in shares]), k) for k in labels), key=lambda mk: -mk[0])
+    parts = [f"{k} {m:.0f} %" for m, k in medians]
     total = median([sum(v for k, v in s.items() if k != REST) for s in shares])
     rest = [s[REST] for s in shares if REST in s]
     return f"CPU (% of one core, {total:.0f} % in all): " + ", ".join(parts) + \
