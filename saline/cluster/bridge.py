@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import ssl
 import threading
 import time
@@ -60,6 +61,8 @@ class NatsBridge:
         self.last_error: tuple[float, str] | None = None
         #: while set, such errors are only kept for the caller's own message, not logged
         self.quiet = False
+        self._closing = False
+        self.pid = os.getpid()
         self.on_reconnect: list[Callable[[], Any]] = []
 
     def _run(self) -> None:
@@ -132,7 +135,8 @@ class NatsBridge:
         nc.options["max_reconnect_attempts"] = -1  # from now on an outage is waited out
         self._first = False
         self.nc = nc
-        self.js = nc.jetstream(timeout=5)
+        # room for the largest group the master stores at once, several at a time
+        self.js = nc.jetstream(timeout=5, publish_async_max_pending=20_000)
         self.connected.set()
 
     async def _error(self, exc: Exception) -> None:
@@ -148,7 +152,18 @@ class NatsBridge:
             self._said[kind] = now
             log.warning("NATS: %s", text)
 
+    async def sent(self) -> None:
+        """Until what was published on this connection is on its way (nats-py's ``flush`` may
+        write its ping ahead of publishes still queued), and the server has seen it."""
+        nc = self.nc
+        while nc is not None and getattr(nc, "pending_data_size", 0) and nc.is_connected:
+            await asyncio.sleep(0)
+        if nc is not None and nc.is_connected:
+            await nc.flush()
+
     async def _disconnected(self) -> None:
+        if self._closing:
+            return
         if self.connected.is_set():
             self.connected.clear()
             log.warning("NATS: disconnected from %s; reconnecting", ", ".join(self.config.servers))
@@ -165,6 +180,13 @@ class NatsBridge:
             except Exception as exc:  # a callback's failure must not end the connection
                 log.warning("NATS: after reconnecting: %s", _one_line(exc))
 
+    def stop_loop(self) -> None:
+        """End the loop thread of a bridge that never connected."""
+        self._closing = True
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
     def why(self, since: float) -> str:
         """The server's own reason for a failure since ``since`` (a time), or ''."""
         if self.last_error is not None and self.last_error[0] >= since - 1:
@@ -172,6 +194,8 @@ class NatsBridge:
         return ""
 
     def close(self) -> None:
+        self._closing = True
+
         async def drain() -> None:
             if self.nc is not None and not self.nc.is_closed:
                 try:
@@ -196,8 +220,16 @@ def shared(config: ClusterConfig) -> NatsBridge:
     """The process's bridge for ``config`` (connected on first use)."""
     with _shared_lock:
         bridge = _shared.get(config)
+        if bridge is not None and bridge.pid != os.getpid():
+            bridge = None  # inherited through fork(): its loop thread is not in this process
         if bridge is None:
-            bridge = _shared[config] = NatsBridge(config).connect()
+            bridge = NatsBridge(config)
+            try:
+                bridge.connect()
+            except BaseException:
+                bridge.stop_loop()
+                raise
+            _shared[config] = bridge
         return bridge
 
 

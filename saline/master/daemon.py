@@ -89,6 +89,7 @@ class Master:
         except ClusterError as exc:
             raise ConfigError(str(exc)) from None
         self.cluster: ClusterLink | None = None
+        self.key_sync: Any = None
         served = self._served_cache()
         # the job cache read in place needs the file open to other connections (the runners')
         try:
@@ -132,6 +133,8 @@ class Master:
             cls = registry.get_class(name)
             resolve(cls, self.opts)
         cache_cls = registry.get_class(self.job_cache)
+        if self.job_cache == "nats" and self.cluster_config is None:
+            raise ConfigError("master_job_cache: nats is a cluster's job cache: set nats_servers and cluster_id")
         if not cache_cls.has_read_side():
             raise ConfigError(f"master_job_cache: returner {self.job_cache} has no read side and cannot be the job cache")
         from saline.returners.checks import unknown_returner_keys
@@ -192,6 +195,8 @@ class Master:
             if self.metrics is not None:
                 self.metrics.close()
             self.delivery.stop()
+            if self.key_sync is not None:
+                self.key_sync.stop()
             if self.cluster is not None:
                 self.cluster.stop()
             if self.bootstrap_server is not None:
@@ -217,6 +222,12 @@ class Master:
             self.cluster.start()
         except Exception as exc:
             raise OSError(0, f"cannot join cluster {self.cluster_config.cluster_id}: {exc}") from None
+        from saline.cluster.keys import KeySync
+
+        # every master's key folders in step (a NATS outage leaves the local keys working)
+        self.key_sync = KeySync(shared(self.cluster_config), self.cluster_config, self.opts["pki_dir"],
+                                str(self.opts["id"]))
+        self.key_sync.start()
         log.info("master %s joined cluster %s on %s", self.opts["id"], self.cluster_config.cluster_id,
                  ", ".join(self.cluster_config.servers))
 

@@ -22,7 +22,7 @@ import struct
 import time
 from typing import Any
 
-from saline.jid import gen_jid
+from saline.jid import gen_jid, is_jid
 from saline.transport.framing import FrameError, decode
 from saline.transport.local import HEADER, MAX_LOCAL_FRAME, pack, socket_path
 
@@ -155,7 +155,8 @@ class LocalAPI:
         from saline.master.errors import PublishError
 
         master = self.master
-        jid = gen_jid(bool(master.opts.get("unique_jid")))
+        # a jid given by the caller is kept (Salt's LocalClient takes one too)
+        jid = request["jid"] if is_jid(request.get("jid")) else gen_jid(bool(master.opts.get("unique_jid")))
         sub = master.events.subscribe(f"salt/job/{jid}/ret/")
         try:
             try:

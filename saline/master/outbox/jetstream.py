@@ -199,6 +199,8 @@ class JetStreamOutbox(Outbox):
         self._consumers.add(returner)
 
     async def _route_for(self, rid: str) -> Route:
+        if not rid:
+            return ()  # kept for the served job cache only: for no returner to deliver
         route = self._routes.get(rid)
         if route is None:
             from nats.js.errors import KeyNotFoundError
@@ -236,6 +238,8 @@ class JetStreamOutbox(Outbox):
                 except Exception as exc:
                     raise OutboxError(f"outbox {self.path}: cannot encode an item: {one_line(exc)}") from None
                 headers = {"Saline-Route": rid, "Saline-Origin": self.origin}
+                if served:
+                    headers["Saline-Cached"] = "1"  # part of the job cache (Salt's job_cache: False leaves it out)
                 if rec.kind == "ret":
                     headers["Nats-Msg-Id"] = f"ret/{rec.jid}/{rec.mid}/{rid}"
                 elif rec.kind == "load":
@@ -261,12 +265,22 @@ class JetStreamOutbox(Outbox):
     async def _publish(self, batch: list[tuple[str, bytes, dict[str, str]]]) -> None:
         js = self.bridge.js
         futures = []
-        for subject, body, headers in batch:
-            futures.append(await js.publish_async(subject, body, headers=headers, stream=self.config.stream,
-                                                  wait_stall=PUT_TIMEOUT))
-        done, pending = await asyncio.wait(futures, timeout=PUT_TIMEOUT)
-        for f in pending:
-            f.cancel()  # frees its slot; the minion resends, and the id makes a late store harmless
+        ids: set[str] = set()
+        try:
+            for subject, body, headers in batch:
+                msg_id = headers.get("Nats-Msg-Id")
+                if msg_id is not None:
+                    if msg_id in ids:
+                        continue  # the stream would refuse the second, and its ack would never come
+                    ids.add(msg_id)
+                futures.append(await js.publish_async(subject, body, headers=headers, stream=self.config.stream))
+            done, pending = await asyncio.wait(futures, timeout=PUT_TIMEOUT)
+        finally:
+            for f in futures:
+                if not f.done():
+                    f.cancel()  # frees its slot; the minion resends, and the id makes a late store harmless
+        pending = {f for f in futures if f.cancelled()}
+        done = {f for f in futures if not f.cancelled()}
         failed = [f for f in done if f.exception() is not None]
         if pending or failed:
             why = one_line(failed[0].exception()) if failed else f"no acknowledgement within {PUT_TIMEOUT:g} s"
@@ -370,7 +384,7 @@ class JetStreamOutbox(Outbox):
             msg = held.pop(row.seq, None)
             if msg is not None and row.seq not in settled:
                 await msg.nak()
-        await self.bridge.nc.flush()
+        await self.bridge.sent()
         self._figures_dirty.add(returner)
 
     async def _bury(self, returner: str, row: Row, msg: Any, error: str, now: float) -> None:
