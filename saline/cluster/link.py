@@ -62,6 +62,7 @@ class ClusterLink:
         self._subs: list[Any] = []
         self._tasks: list[Any] = []
         self._local: frozenset[str] = frozenset()
+        self._changed = asyncio.Event()  # set from the master's loop: use only through call_soon_threadsafe
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,8 +187,13 @@ class ClusterLink:
                 for m, (when, minions) in self._presence.items() if now - when <= HEARTBEAT_SECONDS * 3}
 
     def refresh_local(self, minions: set[str]) -> None:
-        """The minions connected to this master now (the master calls it on its loop)."""
-        self._local = frozenset(minions)
+        """The minions connected to this master now (the master calls it on its loop, every tick):
+        a change is told to the others at once, not at the next heartbeat, so that no master
+        takes a minion that just connected here for one connected nowhere."""
+        now = frozenset(minions)
+        if now != self._local:
+            self._local = now
+            self.bridge.loop.call_soon_threadsafe(self._changed.set)
 
     async def _heartbeat(self) -> None:
         key = escape_token(self.master_id)
@@ -198,7 +204,12 @@ class ClusterLink:
                 await self._masters_kv.put(key, recordlog.pack({"at": time.time(), "minions": len(self._local)}))
             except Exception as exc:
                 log.debug("cluster: heartbeat: %s", _one_line(exc))
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            self._changed.clear()
+            try:  # every HEARTBEAT_SECONDS, or at once when the connected minions changed
+                await asyncio.wait_for(self._changed.wait(), HEARTBEAT_SECONDS)
+                await asyncio.sleep(0.1)  # (a burst of connections is told in one write)
+            except asyncio.TimeoutError:
+                pass
 
     async def _watch_presence(self) -> None:
         while True:

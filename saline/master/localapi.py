@@ -28,6 +28,10 @@ from saline.transport.local import HEADER, MAX_LOCAL_FRAME, pack, socket_path
 
 log = logging.getLogger(__name__)
 
+#: in a cluster, how long a minion another master has not yet reported connected is waited for
+#: before it is called not connected (masters report their minions within a fraction of this)
+PRESENCE_GRACE = 1.0
+
 
 class LocalAPI:
     def __init__(self, master: Any) -> None:
@@ -177,10 +181,18 @@ class LocalAPI:
         """Stream the returns of ``jid``; ``not_connected``: expected minions that had no
         connection when the job was sent, so it cannot reach them: they are not waited for."""
         returned: set[str] = set()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         probed = False
+        # In a cluster another master's word on who is connected to it may be a moment old: a minion
+        # that just connected there is given that moment before it is called not connected
+        grace = PRESENCE_GRACE if getattr(self.master, "cluster", None) is not None else 0.0
+        checked = grace == 0.0
         while not expected <= returned:
-            if expected - returned <= not_connected:
+            if not checked and time.monotonic() - started >= grace:
+                checked = True
+                not_connected = not_connected - self.master.connected_minions()
+            if checked and not_connected and expected - returned <= not_connected:
                 break  # only minions the job cannot reach are left
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -198,8 +210,9 @@ class LocalAPI:
                 deadline = time.monotonic() + timeout
                 probed = False
                 continue
+            wait = remaining if checked else min(remaining, max(0.01, started + grace - time.monotonic()))
             try:
-                event = await asyncio.wait_for(sub.queue.get(), remaining)
+                event = await asyncio.wait_for(sub.queue.get(), wait)
             except asyncio.TimeoutError:
                 continue
             data = event["data"]

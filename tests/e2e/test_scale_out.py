@@ -43,19 +43,13 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiMaster]:
         a, b = mm.masters
         a.start_minion("ma1")
         b.start_minion("mb1")
-        mm.accept_everywhere("ma1", 0)
-        mm.accept_everywhere("mb1", 1)
+        a.accept("ma1")  # accepted on its own master: the masters share keys through the cluster
+        b.accept("mb1")
+        # each swarm's keys are accepted into its own master's folder, and reach the other from there
         swarms = [start_swarm(a, "sa", SWARM), start_swarm(b, "sb", SWARM)]
-        def share_keys() -> None:  # the swarms' keys were accepted on their own master only
-            for m in (a, b):
-                for other in (a, b):
-                    for path in (other.master_dir / "pki" / "minions").iterdir():
-                        target = m.master_dir / "pki" / "minions" / path.name
-                        if not target.exists():
-                            target.write_text(path.read_text())
-
         try:
-            LocalCluster.wait_for(lambda: share_keys() or len(answers(a)) == 2 * SWARM + 2, 60, "every minion to answer")
+            LocalCluster.wait_for(lambda: sum(v is True for v in answers(a).values()) == 2 * SWARM + 2, 60,
+                                  "every minion to answer")
             yield mm
         finally:
             for s in swarms:
@@ -70,6 +64,25 @@ def test_every_answer_from_either_master(two: MultiMaster) -> None:
         got = answers(master)
         assert set(got) == expected and all(v is True for v in got.values()), (sorted(expected - set(got)), got)
         assert time.monotonic() - started < 8
+
+
+def test_a_key_accepted_on_one_master_is_served_by_the_other(two: MultiMaster) -> None:
+    a, b = two.masters
+    b.start_minion("late1")  # it knows master B only
+    LocalCluster.wait_for(lambda: (a.master_dir / "pki" / "minions_pre" / "late1").exists(), 20,
+                          "the pending key to reach master A")
+    assert "late1" in a.cli("saline-key", "-L").stdout.split("Unaccepted Keys:")[1]
+    accepted = time.monotonic()
+    assert a.cli("saline-key", "-y", "-a", "late1").returncode == 0  # accepted on A ...
+    LocalCluster.wait_for(lambda: b.cli("saline", "late1", "test.ping", "-t", "2").returncode == 0, 10,
+                          "master B to serve late1")  # ... served by B
+    served_in = time.monotonic() - accepted
+    assert served_in < 5, served_in
+    assert a.cli("saline", "late1", "test.ping", "-t", "5").stdout == "late1:\n    True\n"  # and from A, relayed
+    assert a.cli("saline-key", "-y", "-d", "late1").returncode == 0  # deleted on A: B drops it too
+    LocalCluster.wait_for(lambda: not (b.master_dir / "pki" / "minions" / "late1").exists(), 10,
+                          "the deletion to reach B")
+    b.stop("late1")
 
 
 def test_one_job_cache_and_the_same_runner_answers_on_every_master(two: MultiMaster) -> None:
