@@ -15,6 +15,11 @@ from typing import Any, Mapping
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+#: JetStream's duplicate window on the records stream (at most the stream's age limit)
+DUPLICATE_WINDOW = 300.0
+#: the largest record (a Salt return can be big; a NATS server's max_payload must allow it)
+MAX_RECORD = 8 * 1024 * 1024
+
 
 class ClusterError(Exception):
     """The cluster cannot be joined or used; the message is one line."""
@@ -73,6 +78,20 @@ class ClusterConfig:
         return f"saline_{self.cluster_id}_{what}"
 
     BUCKETS = ("keys", "jobs", "routes", "stats", "masters", "presence")
+
+    def records_stream(self, keep_seconds: float) -> dict[str, Any]:
+        """The records stream's settings (``add_stream`` keywords), wherever it is created:
+        replicated, on file, ``keep_jobs`` as its age limit, records up to 8 MiB, and a duplicate
+        window (a resent return within it is stored once) no longer than that age limit."""
+        from nats.js import api
+
+        params: dict[str, Any] = {"name": self.stream, "subjects": [self.records_subject],
+                                  "num_replicas": self.replicas, "storage": api.StorageType.FILE,
+                                  "duplicate_window": DUPLICATE_WINDOW, "max_msg_size": MAX_RECORD}
+        if keep_seconds > 0:
+            params["max_age"] = float(keep_seconds)
+            params["duplicate_window"] = min(DUPLICATE_WINDOW, float(keep_seconds))
+        return params
 
     def streams(self) -> list[str]:
         """Every stream the cluster uses (its KV buckets are the streams ``KV_<bucket>``)."""

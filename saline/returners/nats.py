@@ -21,7 +21,7 @@ from nats.js import api
 
 from saline import recordlog
 from saline.cluster.bridge import NatsBridge, shared
-from saline.cluster.config import ClusterConfig, ClusterError, escape_token, from_opts, unescape_token
+from saline.cluster.config import MAX_RECORD, ClusterConfig, ClusterError, escape_token, from_opts, unescape_token
 from saline.config import ConfigError
 from saline.jid import is_jid
 from saline.returners import _json
@@ -45,10 +45,6 @@ ACK_GROUP = 4000
 GET_GROUP = 256
 #: how long an ordered consumer may stay silent before the read is taken as complete
 ORDERED_IDLE = 2.0
-#: the records stream's settings, when ``returners.init nats`` creates it before any master has
-#: (the JetStream outbox, :mod:`saline.master.outbox.jetstream`, sets the same and owns them)
-RECORDS_DUPLICATE_WINDOW = 300.0
-RECORDS_MAX_MSG = 8 * 1024 * 1024
 #: subject tokens a template may not produce (wildcards have no place in a published subject)
 _BAD_TOKEN = re.compile(r"[\s*>]")
 _FIELDS = {"subject": ("jid", "id", "fun"), "event_subject": ("tag",)}
@@ -318,10 +314,7 @@ class NatsReturner(Returner):
         """Create the stream this instance writes to when it does not exist: the records stream of
         the job cache (as the masters' outbox makes it), or ``stream`` capturing the subjects."""
         if self.is_cache:
-            c = self.target
-            params: dict[str, Any] = dict(
-                name=self.records, subjects=[f"saline.{c.cluster_id}.rec.>"], num_replicas=c.replicas,
-                storage=api.StorageType.FILE, duplicate_window=RECORDS_DUPLICATE_WINDOW, max_msg_size=RECORDS_MAX_MSG)
+            params: dict[str, Any] = self.target.records_stream(self.keep_jobs_seconds)
             bridge = self._connection()
         elif self.stream:
             filters = list(dict.fromkeys([_wildcard(self.subject), _wildcard(self.event_subject)]))
@@ -329,12 +322,12 @@ class NatsReturner(Returner):
             subjects = [f for f in filters if not any(o != f and _covers(o, f) for o in filters)]
             replicas = self.opts.get("replicas") or (3 if len(self.target.servers) >= 3 else 1)
             params = dict(name=self.stream, subjects=subjects, num_replicas=int(replicas),
-                          storage=api.StorageType.FILE, max_msg_size=RECORDS_MAX_MSG)
+                          storage=api.StorageType.FILE, max_msg_size=MAX_RECORD)
             bridge = self._connection(own=True)
         else:
             log.info("returner nats: core NATS subjects need nothing created (set nats.stream for a JetStream stream)")
             return
-        if self.keep_jobs_seconds > 0:
+        if self.keep_jobs_seconds > 0 and not self.is_cache:
             params["max_age"] = float(self.keep_jobs_seconds)
         name = params["name"]
         data = self._call(bridge, _api(bridge, f"STREAM.INFO.{name}", {}, self.timeout), "stream info")

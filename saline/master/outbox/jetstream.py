@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 from saline import recordlog
 from saline.cluster.bridge import NatsBridge
-from saline.cluster.config import ClusterConfig, escape_token
+from saline.cluster.config import MAX_RECORD, ClusterConfig, escape_token
 from saline.master.outbox.base import Burial, Outbox, OutboxError, Record, Retry, Route, Row, one_line, route_key
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,6 @@ FILL_WAIT = 0.02
 #: a fetched record not settled within this long is sent again (to another worker, say):
 #: ``nats_ack_wait`` (a batch that takes longer tells the stream it is still at work)
 ACK_WAIT = 60.0
-#: JetStream's duplicate window on the records stream (a resent return within it is stored once)
-DUPLICATE_WINDOW = 300.0
-#: the largest record (a Salt return can be big; NATS' default is 1 MiB)
-MAX_RECORD = 8 * 1024 * 1024
 #: worker counters are written to the stats bucket at most this often (0: at every settle)
 STATS_EVERY = 0.0
 
@@ -113,9 +109,7 @@ class JetStreamOutbox(Outbox):
 
         js = self.bridge.js
         c = self.config
-        records = dict(name=c.stream, subjects=[c.records_subject], num_replicas=c.replicas,
-                       storage=api.StorageType.FILE, max_age=float(self.keep_seconds) if self.keep_seconds > 0 else None,
-                       duplicate_window=DUPLICATE_WINDOW, max_msg_size=MAX_RECORD)
+        records = c.records_stream(self.keep_seconds)
         dead = dict(name=c.dead_stream, subjects=[c.dead_subject], num_replicas=c.replicas,
                     storage=api.StorageType.FILE, max_msg_size=MAX_RECORD)
         for params in (records, dead):

@@ -76,4 +76,5 @@ def count_events(fx: dict[str, Any], tmp: Path, jid: str) -> int:
 
 
 CASES = [ContractCase(name="nats", fixtures=("nats_cluster",), config=config, unreachable=unreachable,
-                      extra={"count": count_returns, "count_events": count_events, "duplicates": "ignored"})]
+                      extra={"count": count_returns, "count_events": count_events, "duplicates": "ignored",
+                             "expires": True})]  # the stream's age limit is keep_jobs
