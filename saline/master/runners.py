@@ -220,6 +220,15 @@ async def manage_down(master: Any) -> list[str]:
     return (await manage_status(master))["down"]
 
 
+@runner("manage.masters")
+def manage_masters(master: Any) -> dict[str, Any]:
+    """The masters of the cluster that are alive, each with the number of minions connected to it."""
+    cluster = getattr(master, "cluster", None)
+    if cluster is None:
+        return {str(master.opts["id"]): {"seen_s_ago": 0.0, "minions": len(master.connected_minions())}}
+    return cluster.masters()
+
+
 def _iso(t: float | None) -> str | None:
     from datetime import datetime, timezone
 

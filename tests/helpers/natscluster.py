@@ -69,36 +69,13 @@ class NatsUser:
 
 
 def saline_permissions(cluster_id: str, streams: Iterable[str], buckets: Iterable[str] = ()) -> tuple[tuple[str, ...], tuple[str, ...], str]:
-    """(publish, subscribe, inbox_prefix) for a master or worker of one saline cluster.
+    """(publish, subscribe, inbox_prefix) for a master or worker of one saline cluster, with the
+    given streams and buckets: the product's own list (saline.cluster.account), which operators use
+    too. Stream and KV-bucket creation are allowed: within ONE account a user who may create a
+    stream can give it any subjects (see docs/scale-out.md); separate accounts isolate."""
+    from saline.cluster.account import permissions
 
-    Core subjects ``saline.<id>.>``; the JetStream API only for the named streams and the KV
-    buckets' streams ``KV_<bucket>`` (subject permissions match whole tokens, so each stream name
-    is listed: there is no ``SALINE_prod_*``); acks and flow control of their consumers; replies on
-    a private inbox prefix ``_INBOX_<id>`` so that no cluster can subscribe to another's replies
-    (a shared ``_INBOX.>`` would let it read every fetch and KV get of the others); the advisories
-    of messages that reached max_deliver or were terminated.
-    Stream and KV-bucket creation are allowed: within ONE account a user who may create a
-    stream can give it any subjects (see docs/scale-out-notes.md); separate accounts isolate.
-    """
-    inbox = f"_INBOX_{cluster_id}"
-    stream_names = [*streams, *(f"KV_{b}" for b in buckets)]
-    pub = [f"saline.{cluster_id}.>", f"{inbox}.>", "$JS.API.INFO"]
-    for s in stream_names:
-        pub += [
-            f"$JS.API.STREAM.CREATE.{s}", f"$JS.API.STREAM.UPDATE.{s}", f"$JS.API.STREAM.INFO.{s}",
-            f"$JS.API.STREAM.DELETE.{s}", f"$JS.API.STREAM.PURGE.{s}", f"$JS.API.STREAM.MSG.GET.{s}",
-            f"$JS.API.STREAM.MSG.DELETE.{s}", f"$JS.API.DIRECT.GET.{s}", f"$JS.API.DIRECT.GET.{s}.>",
-            f"$JS.API.CONSUMER.CREATE.{s}", f"$JS.API.CONSUMER.CREATE.{s}.>",
-            f"$JS.API.CONSUMER.DURABLE.CREATE.{s}.*", f"$JS.API.CONSUMER.INFO.{s}.*",
-            f"$JS.API.CONSUMER.DELETE.{s}.*", f"$JS.API.CONSUMER.MSG.NEXT.{s}.*",
-            f"$JS.API.CONSUMER.NAMES.{s}", f"$JS.API.CONSUMER.LIST.{s}",
-            f"$JS.ACK.{s}.>", f"$JS.FC.{s}.>",
-        ]
-    pub += [f"$KV.{b}.>" for b in buckets]
-    sub = [f"saline.{cluster_id}.>", f"{inbox}.>"]
-    for s in streams:  # what a dead-letter mover listens to: {"stream_seq": ..., "deliveries": ...}
-        sub += [f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*", f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{s}.*"]
-    return tuple(pub), tuple(sub), inbox
+    return permissions(cluster_id, streams, buckets)
 
 
 async def wait_stream_ready(js: Any, subject: str, timeout: float = 10.0) -> None:
