@@ -96,6 +96,10 @@ class Master:
             self.outbox = open_outbox(opts, master=True, serves=served, shared=processes or served is not None)
         except ClusterError as exc:
             raise OutboxError(str(exc)) from None
+        if self.outbox.keeps_returns and opts.get("job_cache", True):
+            # each return written once: where it is stored, which also says it was (a copy resent
+            # by a minion whose ack was lost is recognised from there after a restart)
+            self.state.returned_from = self.outbox.returned
         self.delivery = Delivery(opts, self.outbox, processes=processes,
                                  workers=self.cluster_config is None or bool(opts.get("master_delivers", True)))
         self.events = EventBus()

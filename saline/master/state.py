@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgpack
 
@@ -61,6 +61,9 @@ class MasterState:
         # return path reads neither from disk
         self._jobs: dict[str, tuple[set[str], set[str]]] = {}
         self._loads: dict[str, dict[str, Any]] = {}
+        #: which minions' returns of a job the store holds (the outbox, when it keeps every return
+        #: as long as the job is known): then they are not written here as well
+        self.returned_from: Callable[[str], set[str]] | None = None
 
     # -- jobs ------------------------------------------------------------------------------------
     def add_job(self, jid: str, load: dict[str, Any], minions: list[str], timeout: float) -> None:
@@ -82,6 +85,8 @@ class MasterState:
             if row is None:
                 return None
             returned = {r[0] for r in self.db.execute("SELECT id FROM job_returns WHERE jid = ?", (jid,))}
+        if self.returned_from is not None:
+            returned |= self.returned_from(jid)
         known = (set(_unpack(row[0]) or []), returned)
         self._jobs[jid] = known
         return known
@@ -98,13 +103,17 @@ class MasterState:
         return load
 
     def record_returns(self, rows: Iterable[tuple[str, str, int]]) -> None:
-        now = time.time()
+        """Returns now stored: a copy resent later is acknowledged, not stored again. Written to
+        ``job_returns`` only when the store cannot say itself which returns it holds
+        (``returned_from``): a return is then written once, where it is stored."""
         rows = list(rows)
-        with self.lock:
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR IGNORE INTO job_returns VALUES (?, ?, ?, ?)",
-                                [(jid, mid, rc, now) for jid, mid, rc in rows])
-            self.db.execute("COMMIT")
+        if self.returned_from is None:
+            now = time.time()
+            with self.lock:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT OR IGNORE INTO job_returns VALUES (?, ?, ?, ?)",
+                                    [(jid, mid, rc, now) for jid, mid, rc in rows])
+                self.db.execute("COMMIT")
         for jid, mid, _rc in rows:
             job = self._jobs.get(jid)
             if job is not None:

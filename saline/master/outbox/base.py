@@ -104,6 +104,16 @@ class Outbox(ABC):
     #: the returner whose store this outbox is itself (the job cache), or None
     serves: str | None = None
 
+    @property
+    def keeps_returns(self) -> bool:
+        """Whether every return put here stays readable (``returned``) for as long as its job is
+        known (``keep_jobs``), so the master need not keep a list of them besides."""
+        return False
+
+    def returned(self, jid: str) -> set[str]:
+        """The minions whose return of ``jid`` is stored (when ``keeps_returns``)."""
+        return set()
+
     @abstractmethod
     def put(self, records: Sequence[Record]) -> None:
         """Store ``records``; when this returns they survive a crash of the master."""

@@ -521,6 +521,11 @@ class JetStreamOutbox(Outbox):
         except Exception as exc:
             raise OutboxError(f"outbox {self.path}: cannot read dead letters: {one_line(exc)}") from None
 
+    @property
+    def keeps_returns(self) -> bool:
+        """Every record stays in the stream for keep_jobs (its age limit)."""
+        return True
+
     def returned(self, jid: str) -> set[str]:
         """The minions whose return of ``jid`` is in the stream."""
         from saline.cluster.config import unescape_token

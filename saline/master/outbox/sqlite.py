@@ -442,6 +442,11 @@ class SqliteOutbox(Outbox):
                  "first_failure": ff, "last_error": err, "died": died}
                 for seq, kind, body, rc, kw, enq, attempts, ff, err, died in found]
 
+    @property
+    def keeps_returns(self) -> bool:
+        """When this file is the job cache, every return routed to it stays for keep_jobs."""
+        return self.serves is not None
+
     def returned(self, jid: str) -> set[str]:
         """The minions whose return of ``jid`` is stored here."""
         with self._read("read") as db:
