@@ -141,7 +141,8 @@ def from_opts(opts: Mapping[str, Any]) -> ClusterConfig | None:
             raise ClusterError(f"option '{key}': {value} is not a readable file")
     if bool(opts.get("nats_tls_cert")) != bool(opts.get("nats_tls_key")):
         raise ClusterError("options 'nats_tls_cert' and 'nats_tls_key' go together")
-    replicas = int(opts.get("nats_replicas") or min(3, len(servers)))
+    # one URL is taken for a single node; a list may name only some nodes of a larger cluster
+    replicas = int(opts.get("nats_replicas") or (1 if len(servers) == 1 else 3))
     if replicas not in (1, 3, 5):
         raise ClusterError(f"option 'nats_replicas' must be 1, 3 or 5, got {replicas}")
     return ClusterConfig(

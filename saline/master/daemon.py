@@ -38,7 +38,7 @@ from saline.master.delivery import Delivery
 from saline.master.errors import PublishError
 from saline.cluster.config import ClusterError
 from saline.cluster.config import from_opts as cluster_from_opts
-from saline.master.outbox import OutboxError, Record, kwargs_key, open_outbox
+from saline.master.outbox import OutboxError, Record, RecordTooLarge, kwargs_key, open_outbox
 from saline.master.publisher import ACCEPT_HOLD, START_HOLD, Publisher
 from saline.master.scheduled import minion_event, run_schedule, store_scheduled
 from saline.master.state import MasterState
@@ -105,7 +105,7 @@ class Master:
         self.events = EventBus()
         self.max_size = int(opts["max_frame_size"])
         self.stats = {"refused": 0, "bad_frames": 0, "forged": 0, "id_mismatch": 0, "pending_refused": 0,
-                      "untargeted": 0, "duplicates": 0,
+                      "untargeted": 0, "duplicates": 0, "too_large": 0,
                       "pub_rebinds": 0, "pub_rebind_ms": 0.0, "pub_held": 0, "store_failures": 0,
                       "groups": 0, "grouped_messages": 0, "published": 0, "returns": 0}
         self._store_failing_since: float | None = None  # when the outbox began refusing returns
@@ -712,6 +712,7 @@ class Master:
         acks: list[tuple[bytes, bytes]] = []
         ack_of: dict[str, bytes] = {}  # a group holds many returns of the same few jobs: encode each ack once
         items: list[Record] = []
+        owners: list[int] = []  # for each record, the return (its index in fresh) it belongs to
         fresh: list[tuple[str, str, int]] = []
         to_fire: list[tuple[str, dict[str, Any]]] = []
         seen: set[tuple[str, str]] = set()
@@ -741,8 +742,10 @@ class Master:
             ret = {"cmd": "_return", **load, "_stamp": received}
             routes = self._job_routes(job_load.get("ret"), kwargs.get("ret_config"), kwargs.get("ret_kwargs"),
                                       returns=True)
-            items += self.delivery.records_for_return(routes, ret)
-            items += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)
+            made = self.delivery.records_for_return(routes, ret)
+            made += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)
+            items += made
+            owners += [len(fresh)] * len(made)
             to_fire.append((job_ret_tag(jid, mid), ret))
             fresh.append((jid, mid, _retcode(load.get("retcode"))))
             ack = ack_of.get(jid)
@@ -751,11 +754,14 @@ class Master:
             acks.append((routing, ack))
         if fresh:
             try:
-                self.delivery.submit(items)
+                dropped = self._submit_returns(items, owners, fresh, acks, replies)
             except OutboxError as exc:
                 # Not stored: no ack, so the minions keep these returns in their spools and resend.
                 self._store_failed(len(fresh), exc)
                 return replies
+            if dropped:
+                fresh, acks, to_fire = ([x for i, x in enumerate(seq) if i not in dropped]
+                                        for seq in (fresh, acks, to_fire))
             if self._store_failing_since is not None:
                 log.warning("returns are stored again, after %.0f s of refusals (%d returns refused, resent by "
                             "the minions)", time.monotonic() - self._store_failing_since, self.stats["store_failures"])
@@ -765,6 +771,28 @@ class Master:
             for tag, data in to_fire:  # only once stored, so no one sees a return that could be lost
                 self.events.fire(tag, data)
         return replies + acks
+
+    def _submit_returns(self, items: list[Record], owners: list[int], fresh: list[tuple[str, str, int]],
+                        acks: list[tuple[bytes, bytes]], replies: list[tuple[bytes, Any]]) -> set[int]:
+        """Store the records of a group of returns; a return too large for the outbox ever to
+        store is refused to its minion (which drops it, saying why) and the others are stored.
+        The returns refused (their indexes in ``fresh``)."""
+        dropped: set[int] = set()
+        while len(dropped) < len(fresh):
+            kept = [i for i, owner in enumerate(owners) if owner not in dropped]
+            try:
+                self.delivery.submit([items[i] for i in kept])
+                return dropped
+            except RecordTooLarge as exc:
+                refused = {owners[kept[i]]: exc.why(n) for n, i in enumerate(exc.indexes)}
+                for owner, size in refused.items():
+                    jid, mid, _rc = fresh[owner]
+                    why = f"too large: {size}"
+                    log.error("return of job %s from %s refused, %s", jid, mid, why)
+                    self.stats["too_large"] += 1
+                    replies.append((acks[owner][0], {"cmd": "refused", "jid": jid, "reason": why}))
+                    dropped.add(owner)
+        return dropped
 
     def _store_failed(self, n: int, exc: OutboxError) -> None:
         """One error line when the outbox starts refusing, then one every STORE_ERROR_EVERY seconds:

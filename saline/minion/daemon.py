@@ -376,6 +376,11 @@ class Minion:
                 log.info("the master%s does not know job %s; its return waits for another master", link.label, jid)
                 return
             self._refusals.pop(str(jid), None)
+        if jid and str(reason).startswith("too large"):
+            # no master of this cluster can store it: kept, it would be refused at every resend
+            log.error("the master%s refused the return of job %s, dropped: %s", link.label, jid, reason)
+            self.spool.ack(self.id, str(jid))
+            return
         log.warning("the master%s refused a message: %s", link.label, reason)
         if jid and reason in ("not targeted", "id does not match the key"):
             self.spool.ack(self.id, str(jid))

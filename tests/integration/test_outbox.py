@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from saline.master.outbox import Burial, Outbox, OutboxError, Record, Retry, SqliteOutbox
+from saline.master.outbox import Burial, Outbox, OutboxError, Record, RecordTooLarge, Retry, SqliteOutbox
 from tests.helpers import make_ret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -361,6 +361,22 @@ def test_put_is_one_transaction(outbox: Outbox) -> None:
     assert outbox.take("mysql", 10) == []
     outbox.put(rets(1))  # a route learnt in the failed transaction is stored again with the next one
     assert len(outbox.take("mysql", 10)) == 1
+
+
+def test_a_record_larger_than_the_store_takes_is_named_and_nothing_stored(outbox: Outbox) -> None:
+    big = Record("ret", make_ret("20240101000000009999", "big", "test.echo", "x" * (9 * 1024 * 1024)), MYSQL,
+                 "20240101000000009999", "big", "test.echo")
+    if not is_jetstream(outbox):  # a file takes it
+        outbox.put(rets(1) + [big])
+        assert [r.payload["id"] for r in take_all(outbox, "mysql", 2)] == ["m0", "big"]
+        return
+    with pytest.raises(RecordTooLarge) as raised:  # the servers' max_payload (8 MiB here) does not
+        outbox.put(rets(2) + [big] + rets(1, start=2))
+    assert raised.value.indexes == [2] and raised.value.sizes[0] > 9 * 1024 * 1024
+    assert "max_payload" in raised.value.why(0) and "9.0 MiB, more than the 8.0 MiB" in raised.value.why(0)
+    assert outbox.take("mysql", 10) == []  # nothing of that put was stored: the caller puts the rest again
+    outbox.put(rets(3))
+    assert len(take_all(outbox, "mysql", 3)) == 3
 
 
 def test_put_from_many_threads_while_draining(outbox: Outbox) -> None:

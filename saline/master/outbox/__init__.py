@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from saline.master.outbox.base import (Burial, Outbox, OutboxError, Record, Retry, Route, RouteEntry, Row,
-                                       kwargs_key, route_key)
+from saline.master.outbox.base import (Burial, Outbox, OutboxError, Record, RecordTooLarge, Retry, Route,
+                                       RouteEntry, Row, kwargs_key, route_key)
 from saline.master.outbox.sqlite import SqliteOutbox, try_lock
 
-__all__ = ["Burial", "Outbox", "OutboxError", "Record", "Retry", "Route", "RouteEntry", "Row", "SqliteOutbox",
-           "kwargs_key", "open_outbox", "route_key", "try_lock"]
+__all__ = ["Burial", "Outbox", "OutboxError", "Record", "RecordTooLarge", "Retry", "Route", "RouteEntry", "Row",
+           "SqliteOutbox", "kwargs_key", "open_outbox", "route_key", "try_lock"]
 
 
 def open_outbox(opts: Mapping[str, Any], *, master: bool, serves: str | None = None, shared: bool = True) -> Outbox:

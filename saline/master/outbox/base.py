@@ -37,6 +37,22 @@ class OutboxError(Exception):
     """The outbox cannot be opened or written; the message is one line."""
 
 
+class RecordTooLarge(OutboxError):
+    """Some records of a ``put`` are larger than this outbox can ever store (nothing of the
+    ``put`` was stored): ``indexes`` are their positions in the records given, ``limit`` the most
+    bytes one record may have."""
+
+    def __init__(self, indexes: list[int], sizes: list[int], limit: int, bound: str) -> None:
+        self.indexes, self.sizes, self.limit, self.bound = indexes, sizes, limit, bound
+        super().__init__(f"{len(indexes)} record(s) larger than the {limit / 1048576:.1f} MiB one record may have "
+                         f"(largest {max(sizes) / 1048576:.1f} MiB; {bound})")
+
+    def why(self, index: int) -> str:
+        """One line for the record at ``indexes[index]``."""
+        return (f"{self.sizes[index] / 1048576:.1f} MiB, more than the {self.limit / 1048576:.1f} MiB one record "
+                f"may have ({self.bound})")
+
+
 class Record(NamedTuple):
     """One thing to store once and deliver to every returner of its route.
 

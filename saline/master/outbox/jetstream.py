@@ -43,7 +43,8 @@ from typing import Any, Sequence
 from saline import recordlog
 from saline.cluster.bridge import NatsBridge
 from saline.cluster.config import MAX_RECORD, ClusterConfig, escape_token
-from saline.master.outbox.base import Burial, Outbox, OutboxError, Record, Retry, Route, Row, one_line, route_key
+from saline.master.outbox.base import (Burial, Outbox, OutboxError, Record, RecordTooLarge, Retry, Route, Row,
+                                       one_line, route_key)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 SETUP_TIMEOUT = 12.0
 #: how long ``put`` waits for the stream's acknowledgements of a group
 PUT_TIMEOUT = 3.0
+#: room kept within the servers' max_payload for a record's subject and headers (ids, route)
+HEADER_ROOM = 4096
 #: how long a worker's ``take`` waits for a first record when there is none
 TAKE_WAIT = 1.0
 #: ... and for more, filling a batch
@@ -216,14 +219,23 @@ class JetStreamOutbox(Outbox):
             return f"{p}.rec.load.{escape_token(str(rec.jid))}"
         return f"{p}.rec.event"
 
+    def max_record(self) -> int:
+        """The largest record body the servers take: their ``max_payload`` (and the stream's
+        ``max_msg_size``), less room for the headers."""
+        nc = self.bridge.nc
+        payload = int(getattr(nc, "max_payload", 0) or 0) if nc is not None else 0
+        return min(MAX_RECORD, payload or MAX_RECORD) - HEADER_ROOM
+
     def put(self, records: Sequence[Record]) -> None:
         if not records:
             return
         if not self.bridge.connected.is_set():
             raise OutboxError(f"outbox {self.path}: cannot write items: not connected to NATS")
         batch = []
+        limit = self.max_record()
+        too_large: list[tuple[int, int]] = []
         try:
-            for rec in records:
+            for index, rec in enumerate(records):
                 rid, kept, served = self._route(rec.route)
                 if not kept and not served:
                     continue  # nobody needs it
@@ -231,6 +243,9 @@ class JetStreamOutbox(Outbox):
                     body = recordlog.pack(rec.payload)
                 except Exception as exc:
                     raise OutboxError(f"outbox {self.path}: cannot encode an item: {one_line(exc)}") from None
+                if len(body) > limit:
+                    too_large.append((index, len(body)))
+                    continue
                 headers = {"Saline-Route": rid, "Saline-Origin": self.origin}
                 if served:
                     headers["Saline-Cached"] = "1"  # part of the job cache (Salt's job_cache: False leaves it out)
@@ -247,6 +262,9 @@ class JetStreamOutbox(Outbox):
             raise OutboxError(f"outbox {self.path}: cannot write items: {one_line(exc)}") from None
         except Exception as exc:
             raise OutboxError(f"outbox {self.path}: cannot write items: {one_line(exc)}") from None
+        if too_large:  # refused before anything is sent: the caller puts the others again
+            raise RecordTooLarge([i for i, _ in too_large], [n for _, n in too_large], limit,
+                                 "the NATS servers' max_payload")
         if not batch:
             return
         try:
