@@ -58,8 +58,9 @@ def _move_keys(keys, found: dict[str, list[str]], pattern: str, dst: str, action
     _confirm(action, found, yes)
     for state, state_ids in found.items():
         for mid in state_ids:
-            keys.move(mid, state, dst)  # replaces an older key of that id in dst
+            keys.move(mid, state, dst, refresh=False)  # replaces an older key of that id in dst
             print(f"Key for minion {mid} {action}.")
+    keys.refresh(force=True)  # once, not per key: -A over thousands of keys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"the key glob '{args.delete or '*'}' does not match any keys", 1)
         _confirm("deleted", found, args.yes)
         for mid in ids:
-            keys.delete(mid)
+            keys.delete(mid, refresh=False)
             print(f"Key for minion {mid} deleted.")
+        keys.refresh(force=True)
         return
     if args.finger or args.finger_all:
         if args.which != "master":

@@ -209,9 +209,10 @@ def _move(master: Any, found: dict[str, list[str]], dst: str, act: str) -> dict[
     moved: list[str] = []
     for state, ids in found.items():
         for mid in ids:
-            if master.keys.move(mid, state, dst):
+            if master.keys.move(mid, state, dst, refresh=False):
                 moved.append(mid)
                 fire(master, "salt/key", {"id": mid, "act": act, "result": True})
+    master.keys.refresh(force=True)  # once for all the keys moved
     return {dst: sorted(moved)} if moved else {}
 
 
@@ -221,9 +222,10 @@ def delete(master: Any, match: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for state, ids in found.items():
         for mid in ids:
-            if master.keys.delete(mid):
+            if master.keys.delete(mid, refresh=False):
                 out.setdefault(state, []).append(mid)
                 fire(master, "salt/key", {"id": mid, "act": "delete", "result": True})
+    master.keys.refresh(force=True)
     return out
 
 

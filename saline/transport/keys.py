@@ -143,21 +143,24 @@ class KeyStore:
         if refresh:
             self.refresh(force=True)
 
-    def move(self, minion_id: str, src: str, dst: str) -> bool:
+    def move(self, minion_id: str, src: str, dst: str, refresh: bool = True) -> bool:
+        """Move a key to another state (``refresh`` as for :meth:`add`)."""
         path = self.root / src / minion_id
         if not path.exists():
             return False
         os.replace(path, self.root / dst / minion_id)
-        self.refresh(force=True)
+        if refresh:
+            self.refresh(force=True)
         return True
 
-    def delete(self, minion_id: str) -> list[str]:
-        """Remove the id from every state; the states it was in."""
+    def delete(self, minion_id: str, refresh: bool = True) -> list[str]:
+        """Remove the id from every state; the states it was in (``refresh`` as for :meth:`add`)."""
         removed = []
         for state in STATES:
             path = self.root / state / minion_id
             if path.exists():
                 path.unlink()
                 removed.append(state)
-        self.refresh(force=True)
+        if refresh:
+            self.refresh(force=True)
         return removed
