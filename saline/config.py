@@ -7,7 +7,6 @@ a wrong type or a missing required value raises :class:`ConfigError` naming the 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import socket
@@ -189,6 +188,8 @@ def validate(role: str, opts: dict[str, Any], source: str) -> None:
         if key not in known:
             if _is_returner_key(key, value):
                 continue
+            import difflib  # only when an option is unknown
+
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             log.warning("%s: unknown option '%s'%s; ignored", source, key, hint)

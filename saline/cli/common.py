@@ -75,6 +75,15 @@ def versions_report() -> str:
     return "\n".join(lines)
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for (package metadata is slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
 class _VersionsReport(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
@@ -85,8 +94,7 @@ class _VersionsReport(argparse.Action):
 def add_config_args(parser: argparse.ArgumentParser, short_log_flag: bool = True) -> None:
     """The options every command has: the config folder, logging, ``--version`` and
     ``--versions-report``."""
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
-                        help="print the version and exit")
+    parser.add_argument("--version", nargs=0, action=_Version, help="print the version and exit")
     parser.add_argument("--versions-report", "--versions", nargs=0, action=_VersionsReport,
                         help="print the versions of saline, Python, libzmq and every client library, and exit")
     parser.add_argument("-c", "--config-dir", default=None,
