@@ -58,6 +58,9 @@ BUILTIN: dict[str, str] = {
     "nats": "saline.returners.nats:NatsReturner",
 }
 
+# the pip extra of a built-in returner whose module's name is not its extra's
+EXTRA_OF: dict[str, str] = {"pgjsonb": "postgres", "postgres_local_cache": "postgres", "mongo_return": "mongo"}
+
 _custom: dict[str, type[Returner]] = {}
 _loaded_dirs: set[str] = set()
 
@@ -113,8 +116,9 @@ def get_class(name: str) -> type[Returner]:
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("saline"):
             raise ConfigError(f"unknown returner '{name}' (available: {', '.join(available())})") from None
+        extra = EXTRA_OF.get(name) or module_name.rsplit(".", 1)[1]
         raise ConfigError(f"returner {name} needs the Python package '{exc.name}': "
-                          f"pip install 'saline[{name}]'") from None
+                          f"pip install 'saline[{extra}]'") from None
     return getattr(module, class_name)
 
 
