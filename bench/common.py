@@ -19,7 +19,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -206,19 +206,19 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _label(pid: int, master: int, load: int, family: set[int]) -> str | None:
-    """Which part of the run a process is: the master, one of its delivery processes (``family``:
-    the master's descendants; other masters' on the machine are not this run's), the load
-    generator, the database server; None for anything else on the machine."""
+def _label(pid: int, roots: Mapping[int, str], family: set[int]) -> str | None:
+    """Which part of the run a process is: one of ``roots`` (pid -> label: the master, the load
+    generator, and in a cluster its other masters and load generators, its ``nats-server`` nodes
+    and ``saline-deliver`` workers), a delivery process of one of the run's masters (``family``:
+    their descendants; other masters' on the machine are not this run's), the database server;
+    None for anything else on the machine (the machine's own nats-server included)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return None
-    if pid == master:
-        return "master"
-    if pid == load:
-        return "load generator"
+    if pid in roots:
+        return roots[pid]
     if b"saline.master.returner_process" in argv and pid in family:
         return f"delivery {argv[argv.index(b'saline.master.returner_process') + 2].decode()}"
     if comm in SERVERS or b"secantus" in argv[:4]:  # SecantusDB runs as python3 -m secantus
@@ -229,6 +229,9 @@ def _label(pid: int, master: int, load: int, family: set[int]) -> str | None:
 #: the CPU the whole machine used beside the run's parts: other work (the machine is shared), and
 #: the kernel's own threads (part of the run's loopback traffic is theirs)
 REST = "the rest of the machine"
+#: the labels of a cluster's other parts (``cpu_snapshot(..., others)``)
+NATS = "nats-server"
+DELIVER = "saline-deliver"
 
 
 def _machine_busy_seconds() -> float:
@@ -238,14 +241,17 @@ def _machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot(master: int, load: int) -> dict[int, tuple[str, float]]:
+def cpu_snapshot(master: int, load: int, others: Mapping[int, str] | None = None) -> dict[int, tuple[str, float]]:
     """pid -> (label, CPU seconds so far) of every process of the run (see ``_label``), and
-    under pid 0 the whole machine's busy CPU seconds (``REST``)."""
-    family = set(process_tree(master))
+    under pid 0 the whole machine's busy CPU seconds (``REST``). ``others``: more processes of
+    the run, pid -> label (``NATS``, ``DELIVER``, another "master" or "load generator"); the same
+    label on several processes adds up."""
+    roots = {master: "master", load: "load generator", **(others or {})}
+    family = {p for root, label in roots.items() if label == "master" for p in process_tree(root)}
     out = {0: (REST, _machine_busy_seconds())}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            label = _label(int(entry.name), master, load, family)
+            label = _label(int(entry.name), roots, family)
             if label is not None:
                 out[int(entry.name)] = (label, _cpu_seconds(int(entry.name)))
     return out

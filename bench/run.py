@@ -35,6 +35,7 @@ sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
 from codetree import CodeTree, CodeTreeError, commit_tree, current_tree, resolve  # noqa: E402
+from common import REST as REST_LABEL  # noqa: E402
 from common import ROOT, dump, fmt, machine_info  # noqa: E402
 
 RESULTS = BENCH / "results"
@@ -47,10 +48,19 @@ RETURNS_LIKE = ("returns", "returns_jobcache", "returns_mongo", "events")
 BACKENDS: list[str] = []
 
 
+def registry() -> dict[str, Callable[[bool, Path], Rows]]:
+    """Every benchmark by name, in the table's order: ``bench/benchmarks.py``'s, then the
+    scale-out ones (``bench/scale_out.py``: masters on a NATS JetStream cluster)."""
+    import benchmarks
+    import scale_out
+
+    return {**benchmarks.ALL, "scale_out": scale_out.bench_scale_out}
+
+
 def _benchmarks() -> dict[str, Callable[[bool, Path], Rows]]:
     import benchmarks
 
-    chosen = {**benchmarks.ALL, "transport": lambda smoke, _folder: benchmarks.transport_floor(smoke)}
+    chosen = {**registry(), "transport": lambda smoke, _folder: benchmarks.transport_floor(smoke)}
     if BACKENDS:
         chosen["returns"] = lambda smoke, folder: benchmarks.bench_returns(smoke, folder, tuple(BACKENDS))
     return chosen
@@ -58,9 +68,7 @@ def _benchmarks() -> dict[str, Callable[[bool, Path], Rows]]:
 
 def _order(name: str) -> float:
     """Where a benchmark's rows go in the table (the transport floor just before the returns)."""
-    from benchmarks import ALL
-
-    names = list(ALL)
+    names = list(registry())
     if name == "transport":
         return names.index("returns") - 0.5 if "returns" in names else -1
     return names.index(name) if name in names else len(names)
@@ -159,12 +167,13 @@ def _collect_sides(smoke: bool, names: list[str], trees: list[CodeTree],
 
 def run(smoke: bool, only: list[str], out: Path, merge: bool = False, baseline: str | None = None,
         baseline_only: bool = False, rounds: int = 0, current: str | None = None) -> dict[str, Any]:
-    from benchmarks import ALL, SUSTAIN
+    from benchmarks import SUSTAIN
 
-    names = only or list(ALL)
-    unknown = [n for n in names if n not in ALL]
+    known = registry()
+    names = only or list(known)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"bench/run.py: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
+        raise SystemExit(f"bench/run.py: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}")
     for commit in (baseline, current):
         if commit:
             resolve(commit)  # a typo is one line now, not after the machine's versions
@@ -369,6 +378,18 @@ def _scale_tables(rows: Rows, paired: bool) -> list[str]:
             prev = (r.get("baseline") or {}).get("burst_rate")
             lines.append(f"| {r['n']:,} | {r['burst_s']:.3f} s | {r['burst_rate']:,.0f}/s |" +
                          (f" {prev:,.0f}/s |" if prev is not None else " |" if paired else ""))
+    cpu = [r for r in rows if r.get("scale") and "cpu_ms_per_1000" in r]
+    if cpu:
+        parts = list(cpu[0]["cpu_ms_per_1000"])
+        lines += ["", "CPU per 1,000 returns into MySQL, in CPU-milliseconds, per component (scale-out, medians of the "
+                      "runs; each run from the measured window to the last row stored):", "",
+                  "| set-up | rows/s | " + " | ".join(parts) + " | deployed (all but load generator and rest) |",
+                  "|---|---|" + "---|" * len(parts) + "---|"]
+        for r in cpu:
+            ms = r["cpu_ms_per_1000"]
+            deployed = sum(v for k, v in ms.items() if k not in ("load generator", REST_LABEL))
+            lines.append(f"| {r['setup']} | {r['rate']:,.0f}/s | " + " | ".join(f"{ms.get(k, 0.0):.0f}" for k in parts)
+                         + f" | {deployed:.0f} |")
     return lines
 
 
@@ -397,7 +418,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="small N, a few seconds per benchmark")
     parser.add_argument("--only", default="", help="comma-separated: cli, fanout, returns, returns_jobcache, "
-                                                   "returns_mongo, events, latency, api")
+                                                   "returns_mongo, events, latency, api, scale_out")
     parser.add_argument("--out", default=None, help="folder of latest.json/latest.md (default bench/results, "
                                                     "bench/results/smoke with --smoke)")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of sustained load per run (full mode)")
