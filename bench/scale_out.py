@@ -40,6 +40,8 @@ Snapshot = dict[int, tuple[str, float]]
 
 #: the components of a run whose CPU per return is reported, from the labels of ``cpu_snapshot``
 COMPONENTS = ("master", "NATS (3 nodes)", "delivery", "mysqld", "load generator", REST)
+#: the cluster's second master while the load goes through the first only (not a component of that set-up)
+IDLE = "idle second master"
 #: the parts of a deployment (the load generator stands for the minions, which run elsewhere)
 DEPLOYED = ("master", "NATS (3 nodes)", "delivery", "mysqld")
 
@@ -96,6 +98,7 @@ class Setup:
         self.shares: list[dict[str, float]] = []
         self.per_1000: list[dict[str, float]] = []
         self.drains: list[float] = []
+        self.idle: list[float] = []     # CPU of the idle second master, % of one core
 
 
 def _wait_rows(setup: Setup, timeout: float) -> float:
@@ -175,6 +178,7 @@ def _run_once(setup: Setup, minions: int, seconds: float, warmup: float, k: int,
     setup.acked.append((a1 - a0) / (t1 - t0))
     setup.shares.append(cpu_shares(cpu0, cpu1, t1 - t0))
     setup.drains.append(drained)
+    setup.idle.append(setup.shares[-1].get(IDLE, 0.0))
     # per 1,000 returns, over the whole run from t0 (the load, then the drain): the ingest side
     # (masters, load generators) per return acked, the delivery side per row stored; NATS does
     # both, counted per row stored (the two differ by the backlog at t0, a few seconds' worth)
@@ -233,9 +237,11 @@ def bench_returns_cluster(smoke: bool, folder: Path) -> Rows:
             for workers in (1, 2):
                 if smoke and (len(masters), workers) != (2, 2):
                     continue  # (smoke: the same code paths, fewer runs)
+                # with one master taking the load the other stays up, idle: its CPU is shown apart
+                idle = {} if len(masters) > 1 else {b.procs["master"].pid: IDLE}
                 setups.append(Setup(f"{len(masters)} master{'s' if len(masters) > 1 else ''}, {workers} "
                                     f"saline-deliver worker{'s' if workers > 1 else ''}", masters,
-                                    counter(cluster_db), workers, deliver, nats))
+                                    counter(cluster_db), workers, deliver, {**nats, **idle}))
         # rounds: every setup once per round, so drift of the shared machine weighs on all alike
         for k in range(runs):
             for s in setups:
@@ -256,7 +262,8 @@ def bench_returns_cluster(smoke: bool, folder: Path) -> Rows:
                            note=f"acked {median(s.acked):,.0f}/s; every acked return stored once, "
                                 f"backlog drained in {median(s.drains):.1f} s after the load; {minions} load minions"
                                 f"{' split over the masters' if len(s.masters) > 1 else ''}, {seconds:.0f} s "
-                                f"per run; {note}; {_cpu_line(s.shares)}",
+                                f"per run; {note}; {_cpu_line(s.shares)}" +
+                                (f"; the idle second master {median(s.idle):.0f} %" if IDLE in s.shares[0] else ""),
                            cpu=s.shares))
         rows.append({"name": f"scale: CPU per 1,000 returns, {s.name}", "scale": True, "setup": s.name,
                      "rate": value, "acked_rate": median(s.acked), "cpu_ms_per_1000": med,
