@@ -64,6 +64,8 @@ class NatsBridge:
         self._closing = False
         self.pid = os.getpid()
         self.on_reconnect: list[Callable[[], Any]] = []
+        #: when the connection was last lost (what core subscriptions missed began then)
+        self.disconnected_at: float | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -164,6 +166,8 @@ class NatsBridge:
     async def _disconnected(self) -> None:
         if self._closing:
             return
+        if self.connected.is_set() or self.disconnected_at is None:
+            self.disconnected_at = time.time()
         if self.connected.is_set():
             self.connected.clear()
             log.warning("NATS: disconnected from %s; reconnecting", ", ".join(self.config.servers))

@@ -14,6 +14,11 @@
   ``masters``), so "not connected" means connected to no master at all, and ``manage.masters``
   lists the masters with their minions.
 
+Announcements and live records travel as plain NATS messages, which a master whose connection
+is down at that moment never gets. Both are also stored (the ``jobs`` bucket is a stream, and so
+are the records): after a reconnect the master reads what was stored from a moment before it lost
+the connection, and handles what it had not seen (jobs by jid, records by content).
+
 Everything the master gets from here is handed to its own event loop (``call_soon_threadsafe``):
 the master's code never runs on the bridge's thread.
 """
@@ -21,8 +26,10 @@ the master's code never runs on the bridge's thread.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Callable
 
 from saline import recordlog
@@ -33,6 +40,13 @@ log = logging.getLogger(__name__)
 
 #: how often a master says it is alive and who is connected to it (and the TTL is three times it)
 HEARTBEAT_SECONDS = 2.0
+#: after a reconnect, what was stored from this long before the connection was lost is read again
+CATCH_UP_MARGIN = 1.0
+#: how long a catch-up keeps trying while the streams elect a leader, before it gives up (one line)
+CATCH_UP_FOR = 60.0
+#: jobs and records recognised as already handled when a catch-up reads them again
+SEEN_JOBS = 10_000
+SEEN_RECORDS = 50_000
 
 
 def _one_line(exc: BaseException) -> str:
@@ -63,6 +77,9 @@ class ClusterLink:
         self._tasks: list[Any] = []
         self._local: frozenset[str] = frozenset()
         self._changed = asyncio.Event()  # set from the master's loop: use only through call_soon_threadsafe
+        self._seen_jobs: OrderedDict[str, None] = OrderedDict()
+        self._seen_records: OrderedDict[int, None] = OrderedDict()
+        self._catching_up: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -78,6 +95,7 @@ class ClusterLink:
         self._subs.append(await nc.subscribe(self.config.records_subject, cb=self._record_message))
         self._tasks.append(asyncio.create_task(self._heartbeat()))
         self._tasks.append(asyncio.create_task(self._watch_presence()))
+        self.bridge.on_reconnect.append(self._on_reconnect)
 
     async def _bucket(self, what: str, ttl: float | None) -> Any:
         from nats.js.errors import BucketNotFoundError
@@ -93,7 +111,12 @@ class ClusterLink:
             return await js.create_key_value(**params)
 
     def stop(self) -> None:
+        if self._on_reconnect in self.bridge.on_reconnect:
+            self.bridge.on_reconnect.remove(self._on_reconnect)
+
         async def stop() -> None:
+            if self._catching_up is not None:
+                self._catching_up.cancel()
             for task in self._tasks:
                 task.cancel()
             for sub in self._subs:
@@ -120,13 +143,13 @@ class ClusterLink:
         secret ``--return_kwargs``: the stream and buckets are the cluster's own), ``shown`` the
         same with secrets masked, for event buses. Raises on failure: the job is then not
         published at all."""
-        record = {"jid": jid, "load": load, "shown": shown, "minions": minions, "timeout": timeout,
-                  "origin": self.master_id}
+        # the wire form is stored too: a master that missed the announcement sends it from there
+        body = recordlog.pack({"jid": jid, "load": load, "shown": shown, "minions": minions, "timeout": timeout,
+                               "origin": self.master_id, "wire": wire})
 
         async def announce() -> None:
-            await self._jobs_kv.put(escape_token(jid), recordlog.pack(record))
-            await self.bridge.nc.publish(self.config.jobs_subject, recordlog.pack({**record, "wire": wire}),
-                                         headers={"Saline-Origin": self.master_id})
+            await self._jobs_kv.put(escape_token(jid), body)
+            await self.bridge.nc.publish(self.config.jobs_subject, body, headers={"Saline-Origin": self.master_id})
             await self.bridge.nc.flush()
 
         self.bridge.call(announce(), timeout=10)
@@ -151,17 +174,34 @@ class ClusterLink:
     async def _job_message(self, msg: Any) -> None:
         if (msg.headers or {}).get("Saline-Origin") == self.master_id:
             return
+        self._job(msg.data)
+
+    def _job(self, data: bytes) -> None:
         try:
-            job = recordlog.unpack(msg.data)
+            job = recordlog.unpack(data)
         except Exception as exc:
             log.warning("cluster: unreadable job announcement ignored: %s", _one_line(exc))
             return
+        if not isinstance(job, dict) or job.get("origin") == self.master_id:
+            return
+        jid = str(job.get("jid"))
+        if jid in self._seen_jobs:
+            return  # read again by a catch-up
+        self._seen_jobs[jid] = None
+        if len(self._seen_jobs) > SEEN_JOBS:
+            self._seen_jobs.popitem(last=False)
         self.loop.call_soon_threadsafe(self.on_job, job)
 
     async def _record_message(self, msg: Any) -> None:
         headers = msg.headers or {}
         if headers.get("Saline-Origin") == self.master_id:
             return
+        key = hash((msg.subject, msg.data))
+        if key in self._seen_records:
+            return  # read again by a catch-up
+        self._seen_records[key] = None
+        if len(self._seen_records) > SEEN_RECORDS:
+            self._seen_records.popitem(last=False)
         parts = msg.subject.split(".")
         kind = parts[3] if len(parts) > 3 else ""
         try:
@@ -169,6 +209,66 @@ class ClusterLink:
         except Exception:
             return
         self.loop.call_soon_threadsafe(self.on_record, kind, msg.subject, dict(headers), payload)
+
+    # -- catching up after a reconnect ----------------------------------------------------------
+    def _on_reconnect(self) -> None:
+        since = self.bridge.disconnected_at
+        if since is None:
+            return
+        if self._catching_up is not None:
+            self._catching_up.cancel()  # the new one starts earlier or at the same time
+        self._catching_up = asyncio.ensure_future(self._catch_up(since - CATCH_UP_MARGIN))
+
+    async def _catch_up(self, since: float) -> None:
+        """Jobs announced and records stored since ``since``, from the streams, for what the
+        plain subscriptions missed while the connection was down. The streams may be electing
+        a leader just then (a node died): tried again until they answer."""
+        jobs = self.config.bucket("jobs")
+        deadline = time.monotonic() + CATCH_UP_FOR
+        pending = [(f"KV_{jobs}", f"$KV.{jobs}.>", lambda m: self._job(m.data)),
+                   (self.config.stream, self.config.records_subject, self._record_message)]
+        while pending:
+            stream, subject, handle = pending[0]
+            try:
+                n = await self._read_since(stream, subject, since, handle)
+                log.info("cluster: caught up on %s after a reconnect (%d read again)", stream, n)
+                pending.pop(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    log.warning("cluster: cannot read %s after a reconnect (%s); jobs or returns announced while "
+                                "this master was disconnected may not reach it", stream, _one_line(exc))
+                    pending.pop(0)
+                    continue
+                await asyncio.sleep(0.5)
+
+    async def _read_since(self, stream: str, subject: str, since: float, handle: Callable[[Any], Any]) -> int:
+        from nats.js import api
+        import nats.errors
+
+        start = datetime.datetime.fromtimestamp(since, tz=datetime.timezone.utc)
+        sub = await self.bridge.js.subscribe(
+            subject, stream=stream, ordered_consumer=True, deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            config=api.ConsumerConfig(opt_start_time=start), idle_heartbeat=1.0)
+        n = 0
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=2.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    return n  # nothing stored after that moment, or nothing more
+                n += 1
+                result = handle(msg)
+                if asyncio.iscoroutine(result):
+                    await result
+                if msg.metadata.num_pending == 0:
+                    return n
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the consumer is ephemeral: the server drops it anyway
+                pass
 
     # -- presence --------------------------------------------------------------------------------
     def connected_anywhere(self) -> set[str]:

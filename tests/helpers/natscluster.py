@@ -231,8 +231,12 @@ class NatsCluster:
     """``size`` nats-server nodes (default 3) forming one JetStream cluster on 127.0.0.1."""
 
     def __init__(self, users: Sequence[NatsUser] | None = None, size: int = 3, binary: str | None = None,
-                 base_dir: str | Path | None = None, max_file_store: int = 4 << 30, max_memory_store: int = 512 << 20) -> None:
+                 base_dir: str | Path | None = None, max_file_store: int = 4 << 30, max_memory_store: int = 512 << 20,
+                 no_advertise: bool = False) -> None:
+        """``no_advertise``: the nodes do not tell clients about each other, so a client given one
+        URL stays on that node (a test that needs one client cut off while others go on)."""
         self.binary = binary or find_server()
+        self.no_advertise = no_advertise
         self.size = size
         self.users = {u.name: u for u in (users if users is not None else default_users())}
         self._own_dir = base_dir is None
@@ -427,6 +431,7 @@ class NatsCluster:
                 "listen": f"127.0.0.1:{self.route_ports[node]}",
                 "routes": [f"nats-route://127.0.0.1:{p}" for i, p in enumerate(self.route_ports) if i != node],
                 "tls": tls,
+                **({"no_advertise": True} if self.no_advertise else {}),
             },
         }
         body = "".join(f"{k}: {_conf(v)}\n" for k, v in conf.items())
