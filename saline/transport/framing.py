@@ -30,6 +30,9 @@ def _default(obj: Any) -> Any:
 
 _ENCODER = msgspec.msgpack.Encoder(enc_hook=_default)
 _DECODER = msgspec.msgpack.Decoder()
+# a frame as it must be: a map with string keys, checked in C while decoding (the untyped decoder
+# above only says what is wrong with one that is not)
+_FRAME_DECODER = msgspec.msgpack.Decoder(dict[str, Any])
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -68,20 +71,29 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> dict[str, Any]:
     if len(data) > max_size:
         raise FrameError(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
     try:
-        message = _DECODER.decode(data)
+        message = _FRAME_DECODER.decode(data)
+    except msgspec.ValidationError:
+        message = _not_a_frame(data)
     except (msgspec.DecodeError, ValueError, TypeError) as exc:
         raise FrameError(f"invalid msgpack: {exc.__class__.__name__}: {exc}"[:200]) from None
     except Exception as exc:  # anything else hostile input may provoke
         raise FrameError(f"undecodable frame: {exc.__class__.__name__}") from None
-    if not isinstance(message, dict):
-        raise FrameError(f"a frame must be a map, got {type(message).__name__}")
-    if not all(isinstance(k, str) for k in message):
-        raise FrameError("invalid msgpack: a frame's keys must be strings")
     if not isinstance(message.get("cmd"), str):
         raise FrameError("a frame must carry a string 'cmd'")
     if _may_nest(data, MAX_DEPTH) and not _depth_ok(message, MAX_DEPTH):
         raise FrameError(f"frame nested deeper than {MAX_DEPTH} levels")
     return message
+
+
+def _not_a_frame(data: bytes) -> dict[str, Any]:
+    """Why valid msgpack is not a frame (FrameError naming it)."""
+    try:
+        value = _DECODER.decode(data)
+    except Exception as exc:
+        raise FrameError(f"invalid msgpack: {exc.__class__.__name__}: {exc}"[:200]) from None
+    if not isinstance(value, dict):
+        raise FrameError(f"a frame must be a map, got {type(value).__name__}")
+    raise FrameError("invalid msgpack: a frame's keys must be strings")
 
 
 def require(message: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
