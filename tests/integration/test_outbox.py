@@ -379,6 +379,26 @@ def test_a_record_larger_than_the_store_takes_is_named_and_nothing_stored(outbox
     assert len(take_all(outbox, "mysql", 3)) == 3
 
 
+def test_a_resent_record_the_stream_calls_a_duplicate_but_does_not_hold_is_stored(outbox: Outbox) -> None:
+    if not is_jetstream(outbox):  # a file has no duplicate window: a copy resent is simply stored once
+        return
+    outbox.put(rets(1))
+    (first,) = take_all(outbox, "mysql", 1)
+    done(outbox, "mysql", [first])
+    # the stream forgets the record but keeps its message id in the duplicate window, as it does
+    # for a write dropped in a leader change: the copy a minion resends is called a duplicate
+    bridge, stream = outbox.bridge, outbox.config.stream
+    bridge.call(bridge.js.delete_msg(stream, first.seq), timeout=10)
+    outbox.put(rets(1))
+    (again,) = take_all(outbox, "mysql", 1)
+    assert again.payload["id"] == "m0" and again.seq > first.seq
+    stored = bridge.call(bridge.js.get_msg(stream, seq=again.seq), timeout=10)
+    assert stored.headers["Nats-Msg-Id"].startswith(f"ret/{first.payload['jid']}/m0/")
+    done(outbox, "mysql", [again])
+    outbox.put(rets(1))  # a true duplicate (the stream holds it): acknowledged, not stored again
+    assert take_all(outbox, "mysql", 1) == []
+
+
 def test_put_from_many_threads_while_draining(outbox: Outbox) -> None:
     """Concurrent writers and a consumer: every record delivered exactly once."""
     seen: list[str] = []

@@ -277,6 +277,7 @@ class JetStreamOutbox(Outbox):
     async def _publish(self, batch: list[tuple[str, bytes, dict[str, str]]]) -> None:
         js = self.bridge.js
         futures = []
+        sent: list[tuple[str, bytes, dict[str, str]]] = []
         ids: set[str] = set()
         try:
             for subject, body, headers in batch:
@@ -286,18 +287,64 @@ class JetStreamOutbox(Outbox):
                         continue  # the stream would refuse the second, and its ack would never come
                     ids.add(msg_id)
                 futures.append(await js.publish_async(subject, body, headers=headers, stream=self.config.stream))
-            done, pending = await asyncio.wait(futures, timeout=PUT_TIMEOUT)
+                sent.append((subject, body, headers))
+            await asyncio.wait(futures, timeout=PUT_TIMEOUT)
         finally:
             for f in futures:
                 if not f.done():
                     f.cancel()  # frees its slot; the minion resends, and the id makes a late store harmless
-        pending = {f for f in futures if f.cancelled()}
-        done = {f for f in futures if not f.cancelled()}
-        failed = [f for f in done if f.exception() is not None]
+        pending = [f for f in futures if f.cancelled()]
+        failed = [f for f in futures if not f.cancelled() and f.exception() is not None]
         if pending or failed:
             why = one_line(failed[0].exception()) if failed else f"no acknowledgement within {PUT_TIMEOUT:g} s"
             raise OutboxError(f"outbox {self.path}: cannot write items: {len(pending) + len(failed)} of "
                               f"{len(batch)} not stored ({why})")
+        duplicates = [(msg, f.result()) for msg, f in zip(sent, futures) if f.result().duplicate]
+        if duplicates:
+            await self._check_duplicates(duplicates)
+
+    async def _check_duplicates(self, duplicates: list[tuple[tuple[str, bytes, dict[str, str]], Any]]) -> None:
+        """A write the stream calls a duplicate (a copy resent after a lost acknowledgement) is
+        acknowledged only when the stream holds the first one: a message id left from a write
+        that a leader change dropped is answered "duplicate" too, with nothing stored. Such a
+        record is stored again under a new id."""
+        import nats.js.errors
+
+        js = self.bridge.js
+        missing = []
+        for (subject, body, headers), ack in duplicates:
+            msg_id = headers["Nats-Msg-Id"]
+            held = False
+            # the first copy (at the sequence the stream names), or one stored again earlier under a
+            # new id (the last message of the record's subject)
+            for where in ({"seq": ack.seq} if ack.seq else None, {"subject": subject}):
+                if where is None:
+                    continue
+                try:
+                    found = await js.get_msg(self.config.stream, **where)
+                except nats.js.errors.NotFoundError:
+                    continue
+                stored_id = (found.headers or {}).get("Nats-Msg-Id") or ""
+                if stored_id == msg_id or stored_id.startswith(msg_id + "/"):
+                    held = True
+                    break
+            if not held:
+                missing.append((subject, body, {**headers, "Nats-Msg-Id": f"{msg_id}/{uuid.uuid4().hex[:8]}"}))
+        if not missing:
+            return
+        log.warning("NATS: the stream answered %d write(s) as duplicates of messages it does not hold (their ids were "
+                    "left from writes lost in a leader change); stored again under new ids", len(missing))
+        futures = [await js.publish_async(subject, body, headers=headers, stream=self.config.stream)
+                   for subject, body, headers in missing]
+        try:
+            await asyncio.wait(futures, timeout=PUT_TIMEOUT)
+        finally:
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+        if any(f.cancelled() or f.exception() is not None for f in futures):
+            raise OutboxError(f"outbox {self.path}: cannot write items: {len(missing)} not stored again after the "
+                              f"stream called them duplicates of messages it does not hold")
 
     def _sub(self, returner: str) -> Any:
         sub = self._subs.get(returner)
