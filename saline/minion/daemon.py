@@ -145,7 +145,8 @@ class Minion:
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless the minion is stopped meanwhile (then _Stopped)."""
         try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):  # (not wait_for: see saline.minion.link.answers)
+                await self._stop.wait()
         except asyncio.TimeoutError:
             return
         raise _Stopped

@@ -46,6 +46,8 @@ BACKOFF_MAX_SECONDS = 30.0
 EARLY_JOBS_MAX = 1000
 #: a failed handshake makes the minion compare the master's served key at most this often
 KEY_CHECK_EVERY = 10.0
+#: how long closing a link waits for its tasks to end
+CLOSE_WAIT = 2.0
 #: the master types saline knows (Salt's ``func`` and ``disable`` are not supported)
 MASTER_TYPES = ("str", "failover")
 
@@ -162,7 +164,10 @@ async def resolves(host: str, port: int) -> str | None:
 async def answers(host: str, port: int, timeout: float = 2.0) -> bool:
     """Whether something accepts a TCP connection on ``host:port`` (Salt's master liveness probe)."""
     try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+        # comes as the awaited thing finishes, and a loop cancelled then would never end
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host, port)
     except (OSError, asyncio.TimeoutError, UnicodeError):
         return False
     writer.close()
@@ -290,7 +295,11 @@ class MasterLink:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:  # bounded: a task that ignored its cancellation must not hold the minion's switch
+            _done, stuck = await asyncio.wait(tasks, timeout=CLOSE_WAIT)
+            for task in stuck:
+                log.warning("master%s: a task did not stop when asked (%s); left behind", self.label,
+                            task.get_coro().__qualname__)
         if self.dealer is not None:
             try:
                 self.dealer.disable_monitor()
@@ -361,7 +370,8 @@ class MasterLink:
             if not self.accepted.is_set():
                 self._hello()
             try:
-                await asyncio.wait_for(self.accepted.wait(), self.hello_every)
+                async with asyncio.timeout(self.hello_every):  # (not wait_for: see answers())
+                    await self.accepted.wait()
             except asyncio.TimeoutError:
                 continue
             await asyncio.sleep(self.hello_every)
@@ -419,8 +429,8 @@ class MasterLink:
             self._said_unreachable = True
             why = "no encrypted session (see the lines above)"
             try:
-                _reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.address.host, self.address.port), 3.0)
+                async with asyncio.timeout(3.0):
+                    _reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
                 writer.close()
             except asyncio.TimeoutError:
                 why = "no answer"

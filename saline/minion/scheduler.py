@@ -482,7 +482,10 @@ async def run_loop(schedule: Schedule, fire: Callable[[dict[str, Any]], Awaitabl
                 task.add_done_callback(tasks.discard)
             wake.clear()
             try:
-                await asyncio.wait_for(wake.wait(), schedule.sleep_for())
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                # that comes as the wake-up does, and this loop would not stop
+                async with asyncio.timeout(schedule.sleep_for()):
+                    await wake.wait()
             except asyncio.TimeoutError:
                 pass
     finally:
