@@ -47,6 +47,15 @@ class EventBus:
         if sub in self._subs:
             self._subs.remove(sub)
 
+    @property
+    def listened(self) -> bool:
+        """Whether anyone is subscribed at all."""
+        return bool(self._subs)
+
+    def wants(self, tag: str) -> bool:
+        """Whether an event with this tag would reach anyone (so it need not be built otherwise)."""
+        return any(tag.startswith(sub.prefix) for sub in self._subs)
+
     def fire(self, tag: str, data: dict[str, Any]) -> dict[str, Any]:
         """Stamp and deliver an event; returns it as ``{"tag", "data"}``."""
         if "_stamp" not in data:  # a stamped dict is not copied: the return path fires thousands a second

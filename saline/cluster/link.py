@@ -29,7 +29,7 @@ import asyncio
 import datetime
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 from saline import recordlog
@@ -58,8 +58,8 @@ class ClusterLink:
     def __init__(self, bridge: NatsBridge, config: ClusterConfig, master_id: str, loop: asyncio.AbstractEventLoop,
                  on_job: Callable[[dict[str, Any]], None], on_record: Callable[[str, str, dict, Any], None],
                  connected: Callable[[], set[str]], keep_seconds: float) -> None:
-        """``on_job(announcement)`` and ``on_record(kind, subject, headers, payload)`` run on the
-        master's ``loop``; ``connected()`` (called there too) gives the minions connected to this master."""
+        """``on_job(announcement)`` and ``on_record(kind, subject, headers, body)`` (the record as
+        stored, packed: most are never looked into) run on the master's ``loop``; ``connected()`` (called there too) gives the minions connected to this master."""
         self.bridge = bridge
         self.config = config
         self.master_id = master_id
@@ -80,6 +80,9 @@ class ClusterLink:
         self._seen_jobs: OrderedDict[str, None] = OrderedDict()
         self._seen_records: OrderedDict[int, None] = OrderedDict()
         self._catching_up: asyncio.Task | None = None
+        # records for the master's loop, handed over in bursts: one wake-up of that loop per burst
+        self._records_out: deque[tuple[str, str, dict[str, str], bytes]] = deque()
+        self._hand_over_due = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,13 +205,21 @@ class ClusterLink:
         self._seen_records[key] = None
         if len(self._seen_records) > SEEN_RECORDS:
             self._seen_records.popitem(last=False)
-        parts = msg.subject.split(".")
+        parts = msg.subject.split(".", 4)
         kind = parts[3] if len(parts) > 3 else ""
-        try:
-            payload = recordlog.unpack(msg.data)
-        except Exception:
-            return
-        self.loop.call_soon_threadsafe(self.on_record, kind, msg.subject, dict(headers), payload)
+        # appended before the flag is read, and the flag cleared before the deque is drained: a
+        # record is either drained by a hand-over already due, or makes another one due
+        self._records_out.append((kind, msg.subject, headers, msg.data))
+        if not self._hand_over_due:
+            self._hand_over_due = True
+            self.loop.call_soon_threadsafe(self._hand_over_records)
+
+    def _hand_over_records(self) -> None:
+        """On the master's loop: every record that came since the last hand-over, to on_record."""
+        self._hand_over_due = False
+        records = self._records_out
+        while records:
+            self.on_record(*records.popleft())
 
     # -- catching up after a reconnect ----------------------------------------------------------
     def _on_reconnect(self) -> None:

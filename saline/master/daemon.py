@@ -29,6 +29,9 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from saline import recordlog
+from saline.cluster.config import ClusterError, unescape_token
+from saline.cluster.config import from_opts as cluster_from_opts
 from saline.cluster.link import ClusterLink
 from saline.config import ConfigError, returner_names
 from saline.events import EventBus, job_new_tag, job_ret_tag, stamp
@@ -36,8 +39,6 @@ from saline.jid import gen_jid, is_jid
 from saline.master.admission import PendingGate
 from saline.master.delivery import Delivery
 from saline.master.errors import PublishError
-from saline.cluster.config import ClusterError
-from saline.cluster.config import from_opts as cluster_from_opts
 from saline.master.outbox import OutboxError, Record, RecordTooLarge, kwargs_key, open_outbox
 from saline.master.publisher import ACCEPT_HOLD, START_HOLD, Publisher
 from saline.master.scheduled import minion_event, run_schedule, store_scheduled
@@ -61,6 +62,14 @@ ROUTES_REMEMBERED = 10_000
 KEYS_BY_ROUTING_MAX = 200_000
 #: while the outbox cannot be written, the error is logged at most this often (with a count)
 STORE_ERROR_EVERY = 30.0
+
+
+def _unpacked(body: bytes) -> Any:
+    """A record another master stored, or None when it cannot be read."""
+    try:
+        return recordlog.unpack(body)
+    except Exception:
+        return None
 
 
 def _retcode(value: Any) -> int:
@@ -249,17 +258,26 @@ class Master:
         if isinstance(wire, bytes) and self.publisher is not None:
             self.publisher.send(wire)
 
-    def _remote_record(self, kind: str, subject: str, headers: dict[str, str], payload: Any) -> None:
+    def _remote_record(self, kind: str, subject: str, headers: dict[str, str], body: bytes) -> None:
         """A record another master stored: its returns and events fire here too (for the CLI and
-        ``state.event`` on this master); nothing is stored again."""
-        if kind == "ret" and isinstance(payload, dict):
-            jid, mid = payload.get("jid"), payload.get("id")
-            if isinstance(jid, str) and isinstance(mid, str):
+        ``state.event`` on this master); nothing is stored again. A record is unpacked only when
+        someone here listens for it: every master sees every record of the cluster."""
+        if kind == "ret":
+            parts = subject.split(".")
+            if len(parts) == 6:  # saline.<cluster>.rec.ret.<jid>.<minion>
+                jid, mid = unescape_token(parts[4]), unescape_token(parts[5])
                 self.state.note_returned(jid, mid)
-                self.events.fire(job_ret_tag(jid, mid), payload)
-        elif kind == "event" and isinstance(payload, dict) and isinstance(payload.get("tag"), str):
-            data = payload.get("data")
-            self.events.fire(payload["tag"], data if isinstance(data, dict) else {"data": data})
+                if not self.events.wants(job_ret_tag(jid, mid)):
+                    return
+            payload = _unpacked(body)
+            if isinstance(payload, dict) and isinstance(payload.get("jid"), str) and isinstance(payload.get("id"), str):
+                self.state.note_returned(payload["jid"], payload["id"])
+                self.events.fire(job_ret_tag(payload["jid"], payload["id"]), payload)
+        elif kind == "event" and self.events.listened:
+            payload = _unpacked(body)
+            if isinstance(payload, dict) and isinstance(payload.get("tag"), str):
+                data = payload.get("data")
+                self.events.fire(payload["tag"], data if isinstance(data, dict) else {"data": data})
 
     def _cluster_job(self, jid: str) -> tuple[set[str], set[str]] | None:
         """A job this master did not hear of (published elsewhere while it was restarting)."""
