@@ -89,6 +89,7 @@ MASTER_OPTIONS: dict[str, tuple[tuple[type, ...], Any]] = {
     "nats_tls_key": ((str,), None),
     "nats_replicas": ((int,), None),
     "nats_connect_timeout": ((int, float), 5),
+    "nats_setup_timeout": ((int, float), 60),
     "nats_ack_wait": ((int, float), 60),
     "master_delivers": ((bool,), True),
     # what unknown keys may make the master write

@@ -82,6 +82,15 @@ class NatsBridge:
             future.cancel()
             raise TimeoutError(f"no answer from NATS within {timeout:g} s") from None
 
+    def call_connected(self, coro: Awaitable[T], timeout: float) -> T:
+        """:meth:`call`, but at once ConnectionError when the connection is down: nats-py would
+        hold the request for the reconnect, and the caller (the master's loop) with it."""
+        if not self.connected.is_set():
+            if asyncio.iscoroutine(coro):
+                coro.close()  # never awaited: no warning about it
+            raise ConnectionError("not connected to NATS")
+        return self.call(coro, timeout)
+
     def submit(self, coro: Awaitable[T]) -> "concurrent.futures.Future[T]":
         """Run ``coro`` on the bridge's loop without waiting."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]

@@ -38,6 +38,8 @@ class ClusterConfig:
     tls_key: str | None = None
     replicas: int = 3
     connect_timeout: float = 5.0
+    #: how long a master or worker starting waits for JetStream to answer (a cluster forming)
+    setup_timeout: float = 60.0
     name: str = field(default="saline", compare=False)
 
     # -- names -------------------------------------------------------------------------------
@@ -151,4 +153,5 @@ def from_opts(opts: Mapping[str, Any]) -> ClusterConfig | None:
         creds=opts.get("nats_creds") or None, tls_ca=opts.get("nats_tls_ca") or None,
         tls_cert=opts.get("nats_tls_cert") or None, tls_key=opts.get("nats_tls_key") or None,
         replicas=replicas, connect_timeout=float(opts.get("nats_connect_timeout") or 5.0),
+        setup_timeout=float(opts.get("nats_setup_timeout") or 60.0),
         name=f"saline {opts.get('id') or ''}".strip())

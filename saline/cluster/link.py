@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: how often a master says it is alive and who is connected to it (and the TTL is three times it)
 HEARTBEAT_SECONDS = 2.0
+#: how long announcing a job may hold the publishing master's loop
+ANNOUNCE_TIMEOUT = 3.0
+#: ... and looking up a job another master published
+LOOKUP_TIMEOUT = 3.0
 #: after a reconnect, what was stored from this long before the connection was lost is read again
 CATCH_UP_MARGIN = 1.0
 #: how long a catch-up keeps trying while the streams elect a leader, before it gives up (one line)
@@ -153,12 +157,15 @@ class ClusterLink:
         async def announce() -> None:
             await self._jobs_kv.put(escape_token(jid), body)
             await self.bridge.nc.publish(self.config.jobs_subject, body, headers={"Saline-Origin": self.master_id})
-            await self.bridge.nc.flush()
+            await self.bridge.nc.flush(timeout=ANNOUNCE_TIMEOUT)
 
-        self.bridge.call(announce(), timeout=10)
+        # on the master's loop: a connection that is down refuses the job at once
+        self.bridge.call_connected(announce(), timeout=ANNOUNCE_TIMEOUT + 1)
 
     def find_job(self, jid: str) -> dict[str, Any] | None:
-        """A job another master published (from the bucket), or None."""
+        """A job another master published (from the bucket), or None when there is none;
+        ConnectionError when the bucket cannot be asked now (a caller must not take that for
+        "no such job": a minion told its return was not targeted drops it)."""
         from nats.js.errors import KeyNotFoundError
 
         async def get() -> dict[str, Any] | None:
@@ -169,10 +176,9 @@ class ClusterLink:
             return recordlog.unpack(entry.value) if entry.value else None
 
         try:
-            return self.bridge.call(get(), timeout=5)
+            return self.bridge.call_connected(get(), timeout=LOOKUP_TIMEOUT)
         except Exception as exc:
-            log.warning("cluster: cannot look up job %s: %s", jid, _one_line(exc))
-            return None
+            raise ConnectionError(f"cannot look up job {jid} in the cluster: {_one_line(exc)}") from None
 
     async def _job_message(self, msg: Any) -> None:
         if (msg.headers or {}).get("Saline-Origin") == self.master_id:

@@ -280,7 +280,8 @@ class Master:
                 self.events.fire(payload["tag"], data if isinstance(data, dict) else {"data": data})
 
     def _cluster_job(self, jid: str) -> tuple[set[str], set[str]] | None:
-        """A job this master did not hear of (published elsewhere while it was restarting)."""
+        """A job this master did not hear of (published elsewhere while it was restarting), or
+        None; ConnectionError when the cluster cannot be asked now."""
         if self.cluster is None:
             return None
         job = self.cluster.find_job(jid)
@@ -733,7 +734,8 @@ class Master:
         owners: list[int] = []  # for each record, the return (its index in fresh) it belongs to
         fresh: list[tuple[str, str, int]] = []
         to_fire: list[tuple[str, dict[str, Any]]] = []
-        seen: set[tuple[str, str]] = set()
+        seen: dict[tuple[str, str], int] = {}  # (jid, minion) -> its index in fresh
+        copies: list[tuple[int, bytes]] = []   # (index in fresh of the first copy, routing) of later copies
         received = stamp()  # one group is handled within milliseconds: one stamp for all
         for routing, load in accepted:
             jid, mid = load["jid"], load["id"]
@@ -742,19 +744,32 @@ class Master:
                 if reply is not None:
                     replies.append((routing, reply))
                 continue
-            job = self.state.job(jid)
-            if job is None and self.cluster is not None:
-                job = self._cluster_job(jid)
+            try:
+                job = self.state.job(jid)
+                if job is None and self.cluster is not None:
+                    job = self._cluster_job(jid)
+            except (OutboxError, ConnectionError) as exc:
+                # Whether the job is known cannot be told now: no answer (not "not targeted", which
+                # makes the minion drop the return), so the minion resends it later
+                self._store_failed(1, exc if isinstance(exc, OutboxError) else OutboxError(str(exc)))
+                continue
             if job is None or mid not in job[0]:
                 self.stats["untargeted"] += 1
                 log.warning("minion %s returned for job %s it was not targeted by; refused", mid, jid)
                 replies.append((routing, {"cmd": "refused", "jid": jid, "reason": "not targeted"}))
                 continue
-            if mid in job[1] or (jid, mid) in seen:
+            if mid in job[1]:  # stored already: the ack was lost, or the minion resent too early
                 self.stats["duplicates"] += 1
                 replies.append((routing, {"cmd": "ack", "jid": jid}))
                 continue
-            seen.add((jid, mid))
+            first = seen.get((jid, mid))
+            if first is not None:
+                # A copy resent while the first one waits in this group (a slow store): acked only
+                # if the first one is stored, or the minion would drop a return never kept
+                self.stats["duplicates"] += 1
+                copies.append((first, routing))
+                continue
+            seen[(jid, mid)] = len(fresh)
             job_load = self.state.job_load(jid) or {}  # in memory for recent jobs
             kwargs = job_load.get("kwargs") or {}
             ret = {"cmd": "_return", **load, "_stamp": received}
@@ -777,9 +792,11 @@ class Master:
                 # Not stored: no ack, so the minions keep these returns in their spools and resend.
                 self._store_failed(len(fresh), exc)
                 return replies
+            copy_acks = [(routing, acks[first][1]) for first, routing in copies if first not in dropped]
             if dropped:
                 fresh, acks, to_fire = ([x for i, x in enumerate(seq) if i not in dropped]
                                         for seq in (fresh, acks, to_fire))
+            acks += copy_acks
             if self._store_failing_since is not None:
                 log.warning("returns are stored again, after %.0f s of refusals (%d returns refused, resent by "
                             "the minions)", time.monotonic() - self._store_failing_since, self.stats["store_failures"])

@@ -110,3 +110,42 @@ def test_what_was_announced_while_a_master_was_disconnected_reaches_it_once(nats
     finally:
         b.close()
         a.close()
+
+
+def test_a_master_starting_while_the_cluster_forms_waits_for_it(nats: NatsCluster) -> None:
+    """JetStream answers nobody until a meta leader is elected (two of three nodes): a master
+    started meanwhile keeps asking until ``nats_setup_timeout``, then names the cause in one line."""
+    import dataclasses
+
+    from saline.master.outbox import OutboxError
+    from saline.master.outbox.jetstream import JetStreamOutbox
+
+    user = nats.users[CLUSTER_ID]
+    config = ClusterConfig(cluster_id=CLUSTER_ID, servers=(nats.urls[0],), user=user.name,
+                           password=user.password, tls_ca=str(nats.certs["ca"]),
+                           tls_cert=str(nats.certs["client_cert"]), tls_key=str(nats.certs["client_key"]),
+                           replicas=3, connect_timeout=3)  # through node 0, the one left running
+    nats.kill(1)
+    nats.kill(2)
+    bridge = NatsBridge(config).connect()
+    try:
+        began = time.monotonic()
+        with pytest.raises(OutboxError) as refused:
+            JetStreamOutbox(dataclasses.replace(config, setup_timeout=3), bridge, origin="early")
+        assert "cannot set up the streams for cluster lk:" in str(refused.value)
+        assert "\n" not in str(refused.value) and time.monotonic() - began < 20
+
+        threading.Timer(3.0, lambda: [nats.restart(1), nats.restart(2)]).start()
+        began = time.monotonic()
+        box = JetStreamOutbox(config, bridge, origin="patient")
+        waited = time.monotonic() - began
+        try:
+            assert waited >= 2.5, waited  # it did wait for the cluster, not fail and succeed by chance
+            assert box.counts() is not None
+        finally:
+            box.close()
+    finally:
+        bridge.close()
+        for node in (1, 2):
+            if nats.procs[node] is None:
+                nats.restart(node)

@@ -48,7 +48,8 @@ from saline.master.outbox.base import (Burial, Outbox, OutboxError, Record, Reco
 
 log = logging.getLogger(__name__)
 
-#: how long setting up the streams may take (a permissions violation shows as a time-out)
+#: how long one attempt at setting up the streams may take (a permissions violation shows as a
+#: time-out); attempts go on until the cluster's ``setup_timeout`` (a cluster still forming)
 SETUP_TIMEOUT = 12.0
 #: how long ``put`` waits for the stream's acknowledgements of a group
 PUT_TIMEOUT = 3.0
@@ -93,15 +94,34 @@ class JetStreamOutbox(Outbox):
         self._figures_dirty: set[str] = set()
         self._figures_written = 0.0
         self._closed = False
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """Make or update the streams and buckets; a cluster that does not answer yet (just
+        started, electing its leaders, busy) is asked again until ``setup_timeout``; a refusal
+        the server names (a permissions violation) ends it at once."""
         began = time.time()
+        deadline = time.monotonic() + self.config.setup_timeout
         self.bridge.quiet = True  # a refusal now is said once, in the error below
         try:
-            self.bridge.call(self._setup(), timeout=SETUP_TIMEOUT)
-        except OutboxError:
-            raise
-        except Exception as exc:
-            raise OutboxError(f"outbox {self.path}: cannot set up the streams for cluster {config.cluster_id}: "
-                              f"{one_line(exc)}{self.bridge.why(began)}") from None
+            while True:
+                attempt = time.time()
+                try:
+                    self.bridge.call(self._setup(), timeout=max(1.0, min(SETUP_TIMEOUT,
+                                                                         deadline - time.monotonic())))
+                    if time.time() - began > SETUP_TIMEOUT:
+                        log.info("outbox %s: streams set up after %.1f s", self.path, time.time() - began)
+                    return
+                except OutboxError:
+                    raise
+                except Exception as exc:
+                    why = self.bridge.why(attempt)
+                    if why or time.monotonic() + 1 >= deadline:
+                        raise OutboxError(f"outbox {self.path}: cannot set up the streams for cluster "
+                                          f"{self.config.cluster_id}: {one_line(exc)}{why}") from None
+                    log.warning("outbox %s: JetStream does not answer yet (%s); asking again for up to %.0f s",
+                                self.path, one_line(exc), deadline - time.monotonic())
+                    time.sleep(1.0)
         finally:
             self.bridge.quiet = False
 
@@ -160,7 +180,7 @@ class JetStreamOutbox(Outbox):
         served = len(kept) != len(route)
         rid = hashlib.sha256(route_key(kept).encode()).hexdigest()[:16] if kept else ""
         if kept and rid not in self._routes:
-            self.bridge.call(self._register(rid, kept), timeout=15)
+            self.bridge.call_connected(self._register(rid, kept), timeout=15)
         if len(self._route_of) > 10_000:
             self._route_of.clear()
         self._route_of[id(route)] = (route, rid, kept, served)
@@ -601,7 +621,7 @@ class JetStreamOutbox(Outbox):
             return {unescape_token(s.rsplit(".", 1)[-1]) for s in (info.state.subjects or {})}
 
         try:
-            return self.bridge.call(look(), timeout=30)
+            return self.bridge.call_connected(look(), timeout=10)
         except Exception as exc:
             raise OutboxError(f"outbox {self.path}: cannot read: {one_line(exc)}") from None
 
