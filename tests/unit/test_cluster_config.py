@@ -47,6 +47,14 @@ def test_replicas_follow_the_servers_unless_set(servers: object, replicas: int) 
     assert from_opts({"nats_servers": servers, "cluster_id": "prod", "nats_replicas": 5}).replicas == 5
 
 
+def test_timeouts_from_the_options_with_their_defaults() -> None:
+    config = from_opts({"nats_servers": "nats://n1:4222", "cluster_id": "prod"})
+    assert config is not None and (config.connect_timeout, config.setup_timeout) == (5.0, 60.0)
+    config = from_opts({"nats_servers": "nats://n1:4222", "cluster_id": "prod", "nats_connect_timeout": 2,
+                        "nats_setup_timeout": 90})
+    assert config is not None and (config.connect_timeout, config.setup_timeout) == (2.0, 90.0)
+
+
 def test_names_carry_the_cluster_id() -> None:
     config = from_opts({"nats_servers": ["nats://n1:4222"], "cluster_id": "prod"})
     assert config.stream == "SALINE_prod" and config.dead_stream == "SALINE_prod_DEAD"
