@@ -25,7 +25,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import cluster, figure, percentile  # noqa: E402
+from common import cluster, figure, percentile, stop_processes  # noqa: E402
 
 SALT_VENV = Path(os.environ.get("SALINE_BENCH_SALT_VENV") or BENCH / ".venv-salt")
 USER, PASSWORD = "bench", "bench-pass"
@@ -200,13 +200,7 @@ def _salt(smoke: bool, folder: Path) -> dict[str, Any]:
                                                    text=True).stdout.split()]
         return _run(url, api_pids + master_pids, smoke)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(list(reversed(procs)), wait=20)
 
 
 def bench_api(smoke: bool, folder: Path) -> Rows:

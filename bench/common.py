@@ -154,6 +154,20 @@ def machine_info() -> dict[str, Any]:
 
 
 # -- memory of processes ---------------------------------------------------------------------------
+def stop_processes(procs: list[subprocess.Popen], sig: int = signal.SIGTERM, wait: float = 30.0) -> None:
+    """Send ``sig`` to every process still running, then wait for each: one that has not ended
+    within ``wait`` seconds is killed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    for proc in procs:
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -516,12 +530,7 @@ def secantus_server(folder: Path) -> Iterator[dict[str, Any]]:
         client.close()
         yield {"host": "127.0.0.1", "port": port, "db": unique("saline_bench")}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_processes([proc], wait=60)
 
 
 def mongo_opts(db: dict[str, Any]) -> dict[str, Any]:

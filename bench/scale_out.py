@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 from benchmarks import Load, floor_mysql
 from common import (DELIVER, NATS, QUIET, REST, CODE, cluster, cpu_shares, cpu_snapshot, figure, median,
-                    mysql_database, mysql_opts, tree_memory)
+                    mysql_database, mysql_opts, stop_processes, tree_memory)
 
 Rows = list[dict[str, Any]]
 Snapshot = dict[int, tuple[str, float]]
@@ -166,14 +166,7 @@ def _run_once(setup: Setup, minions: int, seconds: float, warmup: float, k: int,
             if ld.proc.poll() is None:
                 ld.proc.kill()
                 ld.proc.wait(10)
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(30)
-            except subprocess.TimeoutExpired:
-                w.kill()
-                w.wait(10)
+        stop_processes(workers)
     setup.rates.append((n1 - n0) / (t1 - t0))
     setup.acked.append((a1 - a0) / (t1 - t0))
     setup.shares.append(cpu_shares(cpu0, cpu1, t1 - t0))

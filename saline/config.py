@@ -171,13 +171,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _is_returner_key(key: str, value: Any) -> bool:
     """Keys that belong to returners (``mysql.host``, ``mysql: {...}``, ``alt.mysql.host``)."""
-    from saline.returners.registry import known_prefixes
+    from saline.returners.builtin import BUILTIN
 
-    prefixes = known_prefixes()
-    head = key.split(".", 1)[0]
     if "." in key:
         return True  # dotted keys are returner or profile options; validated by the returner
-    return head in prefixes or (isinstance(value, dict) and key not in MASTER_OPTIONS)
+    return key in BUILTIN or key == "returner" or (isinstance(value, dict) and key not in MASTER_OPTIONS)
 
 
 def validate(role: str, opts: dict[str, Any], source: str) -> None:

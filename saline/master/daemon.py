@@ -264,15 +264,15 @@ class Master:
         someone here listens for it: every master sees every record of the cluster."""
         if kind == "ret":
             parts = subject.split(".")
-            if len(parts) == 6:  # saline.<cluster>.rec.ret.<jid>.<minion>
-                jid, mid = unescape_token(parts[4]), unescape_token(parts[5])
-                self.state.note_returned(jid, mid)
-                if not self.events.wants(job_ret_tag(jid, mid)):
-                    return
-            payload = _unpacked(body)
-            if isinstance(payload, dict) and isinstance(payload.get("jid"), str) and isinstance(payload.get("id"), str):
-                self.state.note_returned(payload["jid"], payload["id"])
-                self.events.fire(job_ret_tag(payload["jid"], payload["id"]), payload)
+            if len(parts) != 6:  # saline.<cluster>.rec.ret.<jid>.<minion>
+                return
+            jid, mid = unescape_token(parts[4]), unescape_token(parts[5])
+            self.state.note_returned(jid, mid)
+            tag = job_ret_tag(jid, mid)
+            if self.events.wants(tag):
+                payload = _unpacked(body)
+                if isinstance(payload, dict):
+                    self.events.fire(tag, payload)
         elif kind == "event" and self.events.listened:
             payload = _unpacked(body)
             if isinstance(payload, dict) and isinstance(payload.get("tag"), str):
@@ -751,7 +751,7 @@ class Master:
             except (OutboxError, ConnectionError) as exc:
                 # Whether the job is known cannot be told now: no answer (not "not targeted", which
                 # makes the minion drop the return), so the minion resends it later
-                self._store_failed(1, exc if isinstance(exc, OutboxError) else OutboxError(str(exc)))
+                self._store_failed(1, exc)
                 continue
             if job is None or mid not in job[0]:
                 self.stats["untargeted"] += 1
@@ -829,7 +829,7 @@ class Master:
                     dropped.add(owner)
         return dropped
 
-    def _store_failed(self, n: int, exc: OutboxError) -> None:
+    def _store_failed(self, n: int, exc: Exception) -> None:
         """One error line when the outbox starts refusing, then one every STORE_ERROR_EVERY seconds:
         every minion resends every few seconds, and a full disk must not fill the log too."""
         now = time.monotonic()

@@ -53,7 +53,7 @@ from typing import Any, Mapping, Sequence
 from saline.config import ConfigError, returner_names
 from saline.master.metrics import BatchFigures
 from saline.master.outbox import Burial, Outbox, OutboxError, Record, Retry, Route, Row, kwargs_key
-from saline.master.returner_process import RemoteWorker
+from saline.master.remote_worker import RemoteWorker
 from saline.returners import registry
 from saline.returners.base import BackendUnavailable, Returner
 from saline.returners.options import MASK, masked, resolve, scrub, secret_values
@@ -370,7 +370,7 @@ class Delivery:
                         if time.monotonic() - w.started < RESTART_MIN_SECONDS:
                             return w  # it died at once (a broken install?): not started again at every wake
                         log.error("returner %s: its delivery process ended (%s); starting another", name, w.how_it_ended())
-                    w = self._workers[name] = RemoteWorker(self, name)
+                    w = self._workers[name] = RemoteWorker(name, self.opts, str(self.outbox.path), self._flushing)
                 else:
                     w = self._workers[name] = _Worker(self, name)
                     w.start()

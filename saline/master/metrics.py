@@ -154,7 +154,7 @@ class MasterCollector:
         yield refused
         yield CounterMetricFamily("saline_jobs_published", "Jobs published", value=stats.get("published", 0))
 
-        from saline.master.wheel import connected
+        from saline.master.presence import connected
         from saline.transport.keys import STATES
 
         keys = GaugeMetricFamily("saline_keys", "Minion keys by state", labels=["state"])

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from saline.config import ConfigError
 from saline.jid import format_jid_instance, is_jid, jid_to_time
 from saline.master.errors import PublishError
+from saline.master.gather import gather_returns
 from saline.returners.base import ReturnerError
 
 
@@ -195,8 +196,6 @@ async def active(master: Any) -> dict[str, Any]:
 
 
 async def _gather(master: Any, targets: list[str], fun: str, arg: list[Any]) -> dict[str, Any]:
-    from saline.master.localapi import gather_returns
-
     return await gather_returns(master, targets, fun, arg, float(master.opts.get("timeout") or 5))
 
 

@@ -17,18 +17,15 @@ import fnmatch
 import inspect
 import logging
 import re
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from saline.jid import gen_jid, is_jid
+from saline.master.presence import connected
 from saline.transport.keys import ACCEPTED, DENIED, PENDING, REJECTED, STATES, fingerprint
 
 log = logging.getLogger(__name__)
 
-#: a minion heard from (hello or ping) this recently counts as connected; minions ping every
-#: ``ping_interval`` (10 s by default), so this is three missed pings
-CONNECTED_WINDOW = 30.0
 #: option names whose values ``config.values`` masks (passwords, tokens, keys of returners and eauth)
 _SECRET_NAME = re.compile(r"(pass|secret|api_?key|private|token(?!_expire))", re.IGNORECASE)
 MASK = "******"
@@ -250,16 +247,6 @@ def finger(master: Any, match: Any, hash_type: str | None = None) -> dict[str, d
 @wheel("minions.connected")
 def minions_connected(master: Any) -> list[str]:
     return connected(master)
-
-
-def connected(master: Any, refresh: bool = True) -> list[str]:
-    """Accepted minions heard from (hello or ping) in the last CONNECTED_WINDOW seconds.
-    ``refresh=False`` reads the key folders as last seen (from a thread other than the master's loop)."""
-    if refresh:
-        master.keys.refresh()
-    cutoff = time.time() - CONNECTED_WINDOW
-    seen = dict(master.state.last_seen)  # one C-level copy: safe beside the loop thread's updates
-    return [mid for mid in master.keys.ids(ACCEPTED) if seen.get(mid, 0.0) >= cutoff]
 
 
 @wheel("config.values")

@@ -34,6 +34,7 @@ import re
 import threading
 import time
 import weakref
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -76,7 +77,7 @@ def _percent(value: Any, what: str) -> float:
 
 # -- the beacons -----------------------------------------------------------------------------------
 
-class Beacon:
+class Beacon(ABC):
     """One beacon module: ``validate`` the merged config (raise BeaconError), ``check`` it."""
 
     def __init__(self, name: str, config: dict[str, Any], minion_id: str) -> None:
@@ -88,8 +89,9 @@ class Beacon:
     def validate(self) -> None:
         """Raise BeaconError for a configuration this beacon cannot use."""
 
+    @abstractmethod
     def check(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The events to fire now (each a dict of the event's data), or none."""
 
     def close(self) -> None:
         """Release what the beacon holds (inotify watches)."""

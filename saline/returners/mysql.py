@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import threading
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from saline.config import ConfigError
@@ -101,7 +102,7 @@ def _escape_astral(json_text: str) -> str:
 _STATEMENT_SIZE = 1024 * 1024
 
 
-class _Driver:
+class _Driver(ABC):
     """One DB-API driver: how to connect, its exceptions, and its escaping of values into SQL."""
 
     name = ""  # the value of mysql.driver
@@ -114,13 +115,14 @@ class _Driver:
         self.error: type[Exception] = module.MySQLError
         self.interface_error: type[Exception] = module.InterfaceError
 
+    @abstractmethod
     def connect_args(self, base: dict[str, Any], tls: dict[str, str]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The driver's keyword arguments to connect with, from saline's ``base`` and ``tls``."""
 
+    @abstractmethod
     def row_literal(self, conn: Any) -> Callable[[tuple[str, ...]], Any]:
         """``("a", "b")`` -> ``('a','b')``: a row of text, each value escaped by the driver for
         this connection."""
-        raise NotImplementedError
 
     def sql(self, text: str) -> Any:
         """Statement text in the form the driver's statements are built in."""

@@ -1,8 +1,8 @@
 """The registry: Salt's returner names mapped to their classes, imported only when chosen.
 
-Built-in returners are listed in ``BUILTIN``. Third-party returners join through the entry-point
-group ``saline.returners`` or a ``returner_dirs`` folder of ``.py`` files, each defining a
-subclass of :class:`saline.returners.base.Returner` with a ``name``.
+Built-in returners are listed in ``BUILTIN`` (:mod:`saline.returners.builtin`). Third-party
+returners join through the entry-point group ``saline.returners`` or a ``returner_dirs`` folder of
+``.py`` files, each defining a subclass of :class:`saline.returners.base.Returner` with a ``name``.
 """
 
 from __future__ import annotations
@@ -17,57 +17,12 @@ from typing import Any, Mapping
 
 from saline.config import ConfigError
 from saline.returners.base import Returner, ReturnerError
+from saline.returners.builtin import BUILTIN, EXTRA_OF
 
 log = logging.getLogger(__name__)
 
-# name -> "module:Class". Aliases (Salt's older names) point at the same class.
-BUILTIN: dict[str, str] = {
-    "saline_cache": "saline.returners.saline_cache:SalineCacheReturner",
-    "local": "saline.returners.local:LocalReturner",
-    "local_cache": "saline.returners.local_cache:LocalCacheReturner",
-    "rawfile_json": "saline.returners.rawfile_json:RawfileJsonReturner",
-    "sqlite3": "saline.returners.sqlite3:Sqlite3Returner",
-    "mysql": "saline.returners.mysql:MysqlReturner",
-    "multi_returner": "saline.returners.multi_returner:MultiReturner",
-    "postgres": "saline.returners.postgres:PostgresReturner",
-    "pgjsonb": "saline.returners.pgjsonb:PgjsonbReturner",
-    "postgres_local_cache": "saline.returners.postgres_local_cache:PostgresLocalCacheReturner",
-    "odbc": "saline.returners.odbc:OdbcReturner",
-    "redis": "saline.returners.redis:RedisReturner",
-    "redis_return": "saline.returners.redis:RedisReturner",
-    "splunk": "saline.returners.splunk:SplunkReturner",
-    "nagios_nrdp": "saline.returners.nagios_nrdp:NagiosNrdpReturner",
-    "zabbix": "saline.returners.zabbix:ZabbixReturner",
-    "pushover": "saline.returners.pushover:PushoverReturner",
-    "slack": "saline.returners.slack:SlackReturner",
-    "sms": "saline.returners.sms:SmsReturner",
-    "sentry": "saline.returners.sentry:SentryReturner",
-    "django": "saline.returners.django:DjangoReturner",
-    "syslog": "saline.returners.syslog:SyslogReturner",
-    "smtp": "saline.returners.smtp:SmtpReturner",
-    "kafka": "saline.returners.kafka:KafkaReturner",
-    "xmpp": "saline.returners.xmpp:XmppReturner",
-    "memcache": "saline.returners.memcache:MemcacheReturner",
-    "etcd": "saline.returners.etcd:EtcdReturner",
-    "influxdb": "saline.returners.influxdb:InfluxdbReturner",
-    "carbon": "saline.returners.carbon:CarbonReturner",
-    "couchdb": "saline.returners.couchdb:CouchdbReturner",
-    "elasticsearch": "saline.returners.elasticsearch:ElasticsearchReturner",
-    "mongo": "saline.returners.mongo:MongoReturner",
-    "mongo_return": "saline.returners.mongo_return:MongoReturnReturner",
-    "nats": "saline.returners.nats:NatsReturner",
-}
-
-# the pip extra of a built-in returner whose module's name is not its extra's
-EXTRA_OF: dict[str, str] = {"pgjsonb": "postgres", "postgres_local_cache": "postgres", "mongo_return": "mongo"}
-
 _custom: dict[str, type[Returner]] = {}
 _loaded_dirs: set[str] = set()
-
-
-def known_prefixes() -> set[str]:
-    """First words of config keys that belong to returners (used to keep config warnings quiet)."""
-    return set(BUILTIN) | set(_custom) | {"returner"}
 
 
 def available() -> list[str]:
