@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: how long one attempt at setting up streams and buckets may take (a permissions violation
+#: shows as a time-out); attempts go on for the caller's timeout (``nats_setup_timeout``)
+SETUP_ATTEMPT = 12.0
+
 #: how often the connection pings its server (a dead server is noticed after two missed pings)
 PING_SECONDS = 5
 #: errors of the same kind are logged at most this often
@@ -90,6 +94,33 @@ class NatsBridge:
                 coro.close()  # never awaited: no warning about it
             raise ConnectionError("not connected to NATS")
         return self.call(coro, timeout)
+
+    def set_up(self, make: Callable[[], Awaitable[T]], what: str, timeout: float, attempt: float = SETUP_ATTEMPT) -> T:
+        """Run ``make()`` (creating streams, buckets) until it works: a cluster just started or
+        electing its leaders answers nobody, or refuses placement while a peer is not back yet,
+        for a while. Asked again for ``timeout`` seconds (``nats_setup_timeout``); ClusterError
+        (one line) then, or at once for a refusal the server names (a permissions violation)."""
+        began = time.time()
+        deadline = time.monotonic() + timeout
+        self.quiet = True  # a refusal now is said once, in the error
+        try:
+            while True:
+                started = time.time()
+                try:
+                    result = self.call(make(), timeout=max(1.0, min(attempt, deadline - time.monotonic())))
+                except Exception as exc:
+                    why = self.why(started)
+                    if why or time.monotonic() + 1 >= deadline:
+                        raise ClusterError(f"{_one_line(exc)}{why}") from None
+                    log.warning("%s: JetStream is not ready (%s); asking again for up to %.0f s", what,
+                                _one_line(exc), deadline - time.monotonic())
+                    time.sleep(1.0)
+                    continue
+                if time.time() - began > attempt:
+                    log.info("%s: set up after %.1f s", what, time.time() - began)
+                return result
+        finally:
+            self.quiet = False
 
     def submit(self, coro: Awaitable[T]) -> "concurrent.futures.Future[T]":
         """Run ``coro`` on the bridge's loop without waiting."""

@@ -90,14 +90,18 @@ class ClusterLink:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        """Open the buckets (waiting for a cluster still forming), then follow the others."""
+        self.bridge.set_up(self._open_buckets, "cluster link", self.config.setup_timeout)
         self.bridge.call(self._start(), timeout=30)
         self._local = frozenset(self.connected())
 
-    async def _start(self) -> None:
-        nc = self.bridge.nc
+    async def _open_buckets(self) -> None:
         self._jobs_kv = await self._bucket("jobs", ttl=self.keep_seconds or None)
         self._presence_kv = await self._bucket("presence", ttl=HEARTBEAT_SECONDS * 3)
         self._masters_kv = await self._bucket("masters", ttl=HEARTBEAT_SECONDS * 3)
+
+    async def _start(self) -> None:
+        nc = self.bridge.nc
         self._subs.append(await nc.subscribe(self.config.jobs_subject, cb=self._job_message))
         self._subs.append(await nc.subscribe(self.config.records_subject, cb=self._record_message))
         self._tasks.append(asyncio.create_task(self._heartbeat()))

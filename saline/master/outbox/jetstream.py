@@ -42,15 +42,12 @@ from typing import Any, Sequence
 
 from saline import recordlog
 from saline.cluster.bridge import NatsBridge
-from saline.cluster.config import MAX_RECORD, ClusterConfig, escape_token
+from saline.cluster.config import MAX_RECORD, ClusterConfig, ClusterError, escape_token
 from saline.master.outbox.base import (Burial, Outbox, OutboxError, Record, RecordTooLarge, Retry, Route, Row,
                                        one_line, route_key)
 
 log = logging.getLogger(__name__)
 
-#: how long one attempt at setting up the streams may take (a permissions violation shows as a
-#: time-out); attempts go on until the cluster's ``setup_timeout`` (a cluster still forming)
-SETUP_TIMEOUT = 12.0
 #: how long ``put`` waits for the stream's acknowledgements of a group
 PUT_TIMEOUT = 3.0
 #: room kept within the servers' max_payload for a record's subject and headers (ids, route)
@@ -97,33 +94,12 @@ class JetStreamOutbox(Outbox):
         self._set_up()
 
     def _set_up(self) -> None:
-        """Make or update the streams and buckets; a cluster that does not answer yet (just
-        started, electing its leaders, busy) is asked again until ``setup_timeout``; a refusal
-        the server names (a permissions violation) ends it at once."""
-        began = time.time()
-        deadline = time.monotonic() + self.config.setup_timeout
-        self.bridge.quiet = True  # a refusal now is said once, in the error below
+        """Make or update the streams and buckets, waiting for a cluster still forming."""
         try:
-            while True:
-                attempt = time.time()
-                try:
-                    self.bridge.call(self._setup(), timeout=max(1.0, min(SETUP_TIMEOUT,
-                                                                         deadline - time.monotonic())))
-                    if time.time() - began > SETUP_TIMEOUT:
-                        log.info("outbox %s: streams set up after %.1f s", self.path, time.time() - began)
-                    return
-                except OutboxError:
-                    raise
-                except Exception as exc:
-                    why = self.bridge.why(attempt)
-                    if why or time.monotonic() + 1 >= deadline:
-                        raise OutboxError(f"outbox {self.path}: cannot set up the streams for cluster "
-                                          f"{self.config.cluster_id}: {one_line(exc)}{why}") from None
-                    log.warning("outbox %s: JetStream does not answer yet (%s); asking again for up to %.0f s",
-                                self.path, one_line(exc), deadline - time.monotonic())
-                    time.sleep(1.0)
-        finally:
-            self.bridge.quiet = False
+            self.bridge.set_up(self._setup, f"outbox {self.path}", self.config.setup_timeout)
+        except ClusterError as exc:
+            raise OutboxError(f"outbox {self.path}: cannot set up the streams for cluster "
+                              f"{self.config.cluster_id}: {exc}") from None
 
     # -- set-up ----------------------------------------------------------------------------------
     async def _setup(self) -> None:
@@ -295,24 +271,16 @@ class JetStreamOutbox(Outbox):
             raise OutboxError(f"outbox {self.path}: cannot write items: {one_line(exc)}") from None
 
     async def _publish(self, batch: list[tuple[str, bytes, dict[str, str]]]) -> None:
-        js = self.bridge.js
-        futures = []
         sent: list[tuple[str, bytes, dict[str, str]]] = []
         ids: set[str] = set()
-        try:
-            for subject, body, headers in batch:
-                msg_id = headers.get("Nats-Msg-Id")
-                if msg_id is not None:
-                    if msg_id in ids:
-                        continue  # the stream would refuse the second, and its ack would never come
-                    ids.add(msg_id)
-                futures.append(await js.publish_async(subject, body, headers=headers, stream=self.config.stream))
-                sent.append((subject, body, headers))
-            await asyncio.wait(futures, timeout=PUT_TIMEOUT)
-        finally:
-            for f in futures:
-                if not f.done():
-                    f.cancel()  # frees its slot; the minion resends, and the id makes a late store harmless
+        for message in batch:
+            msg_id = message[2].get("Nats-Msg-Id")
+            if msg_id is not None:
+                if msg_id in ids:
+                    continue  # the stream would refuse the second, and its ack would never come
+                ids.add(msg_id)
+            sent.append(message)
+        futures = await self._send(sent)
         pending = [f for f in futures if f.cancelled()]
         failed = [f for f in futures if not f.cancelled() and f.exception() is not None]
         if pending or failed:
@@ -322,6 +290,23 @@ class JetStreamOutbox(Outbox):
         duplicates = [(msg, f.result()) for msg, f in zip(sent, futures) if f.result().duplicate]
         if duplicates:
             await self._check_duplicates(duplicates)
+
+    async def _send(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> list[asyncio.Future]:
+        """Publish ``messages`` asynchronously and wait at most PUT_TIMEOUT for their acks; one
+        not acknowledged by then is cancelled (freeing its slot: the minion resends, and the
+        message id makes a late store harmless)."""
+        js = self.bridge.js
+        futures: list[asyncio.Future] = []
+        try:
+            for subject, body, headers in messages:
+                futures.append(await js.publish_async(subject, body, headers=headers, stream=self.config.stream))
+            if futures:
+                await asyncio.wait(futures, timeout=PUT_TIMEOUT)
+        finally:
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+        return futures
 
     async def _check_duplicates(self, duplicates: list[tuple[tuple[str, bytes, dict[str, str]], Any]]) -> None:
         """A write the stream calls a duplicate (a copy resent after a lost acknowledgement) is
@@ -337,9 +322,7 @@ class JetStreamOutbox(Outbox):
             held = False
             # the first copy (at the sequence the stream names), or one stored again earlier under a
             # new id (the last message of the record's subject)
-            for where in ({"seq": ack.seq} if ack.seq else None, {"subject": subject}):
-                if where is None:
-                    continue
+            for where in ([{"seq": ack.seq}] if ack.seq else []) + [{"subject": subject}]:
                 try:
                     found = await js.get_msg(self.config.stream, **where)
                 except nats.js.errors.NotFoundError:
@@ -354,14 +337,7 @@ class JetStreamOutbox(Outbox):
             return
         log.warning("NATS: the stream answered %d write(s) as duplicates of messages it does not hold (their ids were "
                     "left from writes lost in a leader change); stored again under new ids", len(missing))
-        futures = [await js.publish_async(subject, body, headers=headers, stream=self.config.stream)
-                   for subject, body, headers in missing]
-        try:
-            await asyncio.wait(futures, timeout=PUT_TIMEOUT)
-        finally:
-            for f in futures:
-                if not f.done():
-                    f.cancel()
+        futures = await self._send(missing)
         if any(f.cancelled() or f.exception() is not None for f in futures):
             raise OutboxError(f"outbox {self.path}: cannot write items: {len(missing)} not stored again after the "
                               f"stream called them duplicates of messages it does not hold")
