@@ -135,7 +135,8 @@ def test_a_master_starting_while_the_cluster_forms_waits_for_it(nats: NatsCluste
         assert "cannot set up the streams for cluster lk:" in str(refused.value)
         assert "\n" not in str(refused.value) and time.monotonic() - began < 20
 
-        threading.Timer(3.0, lambda: [nats.restart(1), nats.restart(2)]).start()
+        restarting = threading.Timer(3.0, lambda: [nats.restart(1), nats.restart(2)])
+        restarting.start()
         began = time.monotonic()
         box = JetStreamOutbox(config, bridge, origin="patient")
         waited = time.monotonic() - began
@@ -146,6 +147,8 @@ def test_a_master_starting_while_the_cluster_forms_waits_for_it(nats: NatsCluste
             box.close()
     finally:
         bridge.close()
+        if "restarting" in locals():
+            restarting.join(60)  # the outbox is up once node 1 is: node 2 may still be starting
         for node in (1, 2):
             if nats.procs[node] is None:
                 nats.restart(node)
