@@ -663,6 +663,16 @@ class Matcher:
         mid = minion_id if isinstance(minion_id, str) else str(minion_id)
         return self._root.ev(mid, {} if grains is None else grains, {} if pillar is None else pillar) is True
 
+    def id_test(self) -> Callable[[str], Any] | None:
+        """A test of the minion id alone (truthy: selected) when the target names nothing else
+        (a glob, a pcre, a list), else None: thousands of ids are then checked at C speed."""
+        root = self._root
+        if isinstance(root, _IdPattern):
+            return root._match
+        if isinstance(root, _IdSet):
+            return root._ids.__contains__
+        return None
+
     def evaluate(self, minion_id: str, grains: dict | None, pillar: dict | None = None) -> bool | None:
         """Like :meth:`matches`, but ``None`` grains are unknown: None when the answer depends on them."""
         mid = minion_id if isinstance(minion_id, str) else str(minion_id)
@@ -701,6 +711,9 @@ def expected_minions(tgt: str | list, tgt_type: str, minions: Mapping[str, dict 
     keeps only certain matches. Pillar is not known on the master, so pillar tests never match here.
     """
     matcher = compile_target(tgt, tgt_type, delimiter=delimiter, nodegroups=nodegroups)
+    by_id = matcher.id_test()
+    if by_id is not None:
+        return sorted(m for m in minions if isinstance(m, str) and by_id(m))
     chosen = []
     for minion_id, grains in minions.items():
         result = matcher.evaluate(minion_id, grains)

@@ -343,7 +343,8 @@ class Master:
         tgt, tgt_type = request.get("tgt", "*"), request.get("tgt_type") or "glob"
         try:
             minions = self.expected_minions(tgt, tgt_type)
-            missing = sorted(set(named_ids(tgt, tgt_type)) - set(self.keys.ids(ACCEPTED)))
+            named = named_ids(tgt, tgt_type)
+            missing = sorted(set(named) - set(self.keys.ids(ACCEPTED))) if named else []
             if self.publisher is not None:
                 self._welcome_accepted()  # a key accepted a moment ago: the job waits for that minion
         except TargetError as exc:
@@ -557,14 +558,19 @@ class Master:
         # the same socket: no future and no loop callback per message. Only an empty socket is awaited.
         self._router_sync = sync = zmq.Socket.shadow(router.underlying)
         while True:
-            group = [await router.recv_multipart(copy=False)]
+            first = await router.recv_multipart(copy=False)
+            group: list[list[Any]] = [[first[0].bytes, *first[1:]]]
             while len(group) < GROUP_MAX:
                 try:
-                    frames = [sync.recv(zmq.NOBLOCK, copy=False)]
+                    # the routing id as plain bytes (a Frame object costs more than the copy); the
+                    # payload as a Frame: it says whether more frames follow, and its peer's key
+                    frames: list[Any] = [sync.recv(_NOBLOCK)]
                 except zmq.Again:
                     break
-                while frames[-1].more:  # the rest of a message is there as soon as its first frame is
-                    frames.append(sync.recv(copy=False))
+                # the rest of a message is there as soon as its first frame is
+                frames.append(sync.recv(0, copy=False))
+                while frames[-1].more:
+                    frames.append(sync.recv(0, copy=False))
                 group.append(frames)
             self.stats["groups"] += 1
             self.stats["grouped_messages"] += len(group)
@@ -573,7 +579,8 @@ class Master:
             except Exception:  # a bug must not take the return socket down
                 log.exception("error while handling %d messages", len(group))
 
-    def _handle_group(self, group: list[list[zmq.Frame]]) -> None:
+    def _handle_group(self, group: list[list[Any]]) -> None:
+        """``group``: messages as received, each its routing id (bytes) and its frames."""
         self.keys.refresh()
         replies: list[tuple[bytes, Any]] = []  # a reply is a message, or one already encoded
         accepted: list[tuple[bytes, dict[str, Any]]] = []
@@ -583,7 +590,7 @@ class Master:
             if len(frames) != 2:
                 self.stats["bad_frames"] += 1
                 continue
-            routing, payload = frames[0].bytes, frames[1]
+            routing, payload = frames[0], frames[1]
             if open_mode:
                 key = None
             else:

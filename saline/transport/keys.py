@@ -88,6 +88,7 @@ class KeyStore:
         self._stamp: tuple[int, ...] = ()
         self._by_key: dict[str, KeyInfo] = {}
         self._by_id: dict[str, dict[str, str]] = {}
+        self._sorted: dict[str, tuple[str, ...]] = {}  # the ids of each state, sorted once per change
         self.refresh()
 
     # -- reading -----------------------------------------------------------------------------
@@ -115,6 +116,7 @@ class KeyStore:
                     by_key[key] = KeyInfo(state, path.name)
         changed = force or by_id != self._by_id
         self._by_key, self._by_id = by_key, by_id
+        self._sorted = {state: tuple(sorted(ids)) for state, ids in by_id.items()}
         self._stamp = () if time.time_ns() - max(stamp) < RACY_NS else stamp
         return changed
 
@@ -125,7 +127,7 @@ class KeyStore:
         return self._by_id[ACCEPTED].get(minion_id)
 
     def ids(self, state: str) -> list[str]:
-        return sorted(self._by_id[state])
+        return list(self._sorted[state])
 
     def listing(self) -> dict[str, list[str]]:
         return {state: self.ids(state) for state in STATES}
