@@ -192,7 +192,8 @@ class Delivery:
         jid, mid, fun = ret.get("jid"), ret.get("id"), ret.get("fun")
         routes = self._route("returns", parts)
         out = [Record("ret", ret, routes[0], jid, mid, fun if isinstance(fun, str) else None)]
-        out += [Record("ret", ret, route, jid, mid, None) for route in routes[1:]]
+        if len(routes) > 1:
+            out += [Record("ret", ret, route, jid, mid, None) for route in routes[1:]]
         return out
 
     def items_for_return(self, names: list[str], ret: dict, ret_config: str | None = None,

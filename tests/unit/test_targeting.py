@@ -358,6 +358,19 @@ def test_expected_minions(tgt: Any, tgt_type: str, greedy: bool, expected: list[
     assert expected_minions(tgt, tgt_type, MINIONS, greedy=greedy) == expected
 
 
+@pytest.mark.parametrize("tgt, tgt_type, by_id", [
+    ("web*", "glob", True), (r"web\d", "pcre", True), (["web1", "ghost"], "list", True),
+    ("os:Debian", "grain", False), ("web* and G@os:Debian", "compound", False),
+])
+def test_a_target_of_ids_alone_is_checked_on_the_ids(tgt: Any, tgt_type: str, by_id: bool) -> None:
+    """The master's shortcut for a target that names ids only (no grains looked at) selects what
+    the minion-by-minion evaluation selects; any other target takes the long way."""
+    matcher = compile_target(tgt, tgt_type)
+    assert (matcher.id_test() is not None) is by_id
+    slow = sorted(m for m, grains in MINIONS.items() if matcher.evaluate(m, grains) is not False)
+    assert expected_minions(tgt, tgt_type, MINIONS) == slow
+
+
 def test_evaluate_is_three_valued() -> None:
     matcher = compile_target("G@os:Debian or db*", "compound")
     assert matcher.evaluate("web9", None) is None
