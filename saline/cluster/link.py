@@ -26,7 +26,6 @@ the master's code never runs on the bridge's thread.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
 from collections import OrderedDict, deque
@@ -35,6 +34,7 @@ from typing import Any, Callable
 from saline import recordlog
 from saline.cluster.bridge import NatsBridge
 from saline.cluster.config import ClusterConfig, escape_token, unescape_token
+from saline.cluster.streamread import read_stream
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,6 @@ LOOKUP_TIMEOUT = 3.0
 CATCH_UP_MARGIN = 1.0
 #: how long a catch-up keeps trying while the streams elect a leader, before it gives up (one line)
 CATCH_UP_FOR = 60.0
-#: a catch-up reads up to this many stored messages per request, waiting this long for them
-CATCH_UP_BATCH = 256
-CATCH_UP_WAIT = 5.0
 #: jobs and records recognised as already handled when a catch-up reads them again
 SEEN_JOBS = 10_000
 SEEN_RECORDS = 50_000
@@ -254,7 +251,7 @@ class ClusterLink:
         while pending:
             stream, subject, handle = pending[0]
             try:
-                n = await self._read_since(stream, subject, since, handle)
+                n = await read_stream(self.bridge.js, stream, subject, handle, since=since, inactive=CATCH_UP_FOR)
                 log.info("cluster: caught up on %s after a reconnect (%d read again)", stream, n)
                 pending.pop(0)
             except asyncio.CancelledError:
@@ -267,60 +264,6 @@ class ClusterLink:
                     continue
                 log.debug("cluster: reading %s after a reconnect: %s; trying again", stream, _one_line(exc))
                 await asyncio.sleep(0.5)
-
-    async def _read_since(self, stream: str, subject: str, since: float, handle: Callable[[Any], Any]) -> int:
-        """Hand ``handle`` every message of ``stream`` stored since ``since``; raises when they do
-        not all come (the caller tries again: what was handled already is recognised).
-
-        A pull consumer, not a push one: a push consumer starts sending before the client has
-        subscribed to its delivery subject, and a node that has just restarted may not yet know
-        that subscription when the stream's leader (on another node) sends; what it drops looks
-        like "nothing was stored". A fetch is a request whose reply inbox is subscribed first,
-        and the consumer says up front how many messages there are (once its copy of the stream
-        is current)."""
-        from nats.js import api
-
-        start = datetime.datetime.fromtimestamp(since, tz=datetime.timezone.utc)
-        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=start,
-                                    ack_policy=api.AckPolicy.NONE, inactive_threshold=CATCH_UP_FOR,
-                                    num_replicas=1, mem_storage=True)
-        sub = await self.bridge.js.pull_subscribe(subject, stream=stream, config=config)
-        n = 0
-        name = None
-        try:
-            info = await sub.consumer_info()
-            name = info.name
-            await self._check_current(stream, info)
-            left = (await sub.consumer_info()).num_pending  # counted on a current copy
-            while left > 0:
-                for msg in await sub.fetch(min(left, CATCH_UP_BATCH), timeout=CATCH_UP_WAIT):
-                    n += 1
-                    result = handle(msg)
-                    if asyncio.iscoroutine(result):
-                        await result
-                    left = msg.metadata.num_pending
-            return n
-        finally:
-            try:
-                await sub.unsubscribe()
-                if name is not None:
-                    await self.bridge.js.delete_consumer(stream, name)
-            except Exception:  # ephemeral: the server drops it after inactive_threshold anyway
-                pass
-
-    async def _check_current(self, stream: str, info: Any) -> None:
-        """Raises when the consumer ``info`` describes sits on a copy of ``stream`` that is still
-        catching up (the server places a one-replica consumer on any of the stream's nodes, and
-        the node this master reconnected to may have just restarted: its copy lacks exactly
-        what was stored while it was down)."""
-        host = info.cluster.leader if info.cluster is not None else None
-        if host is None:
-            return  # a single server: its copy is the stream
-        cluster = (await self.bridge.js.stream_info(stream)).cluster
-        if cluster is None or cluster.leader == host:
-            return
-        if not any(r.name == host and r.current for r in cluster.replicas or ()):
-            raise ConnectionError(f"the copy of {stream} on {host} is still catching up")
 
     # -- presence --------------------------------------------------------------------------------
     def connected_anywhere(self) -> set[str]:

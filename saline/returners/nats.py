@@ -22,6 +22,7 @@ from nats.js import api
 from saline import recordlog
 from saline.cluster.bridge import NatsBridge, shared
 from saline.cluster.config import MAX_RECORD, ClusterConfig, ClusterError, escape_token, from_opts, unescape_token
+from saline.cluster.streamread import read_stream
 from saline.config import ConfigError
 from saline.jid import is_jid
 from saline.returners import _json
@@ -36,15 +37,13 @@ log = logging.getLogger(__name__)
 #: the JetStream API prefix (nats-py's default; saline uses no JetStream domain)
 API = "$JS.API"
 #: a job with at most this many returns is read by one "last message of this subject" request per
-#: minion, all in flight at once; a larger one through one ordered consumer (which costs a consumer's
+#: minion, all in flight at once; a larger one through one pull consumer (which costs a consumer's
 #: creation, and then streams: measured here, the two cross between 100 and 1,000 returns)
 PARALLEL_GETS = 256
 #: JetStream publishes in flight at once (nats-py's own limit, ``publish_async_max_pending``)
 ACK_GROUP = 4000
 #: messages read at once when the read side looks at returns one by one (get_fun, get_jids_filter)
 GET_GROUP = 256
-#: how long an ordered consumer may stay silent before the read is taken as complete
-ORDERED_IDLE = 2.0
 #: subject tokens a template may not produce (wildcards have no place in a published subject)
 _BAD_TOKEN = re.compile(r"[\s*>]")
 _FIELDS = {"subject": ("jid", "id", "fun"), "event_subject": ("tag",)}
@@ -71,8 +70,8 @@ class NatsReturner(Returner):
     return), ``Saline-Origin`` (the master that stored it), ``Saline-Route``, ``Nats-Msg-Id``.
     How it reads: ``get_jid`` asks the stream which minions' subjects exist for the job (per-subject
     counts, no message read), then reads the newest message of each (one request per minion, all
-    in flight at once; an ordered consumer for a large job), one return per minion even when the
-    master stored it twice (two routes); ``get_load`` is the job's first load message, with
+    in flight at once; for a large job one pull consumer, which counts them first), one return per
+    minion even when the master stored it twice (two routes); ``get_load`` is the job's first load message, with
     ``Minions`` from it; ``get_jids`` reads every load once; ``get_jids_filter`` only the newest;
     ``get_minions`` is the per-subject counts of every return; ``get_fun`` finds each minion's
     newest job of the function from the loads and reads only those returns (a return without a
@@ -517,8 +516,8 @@ class NatsReturner(Returner):
                     out[found[0]] = found[1:]
         return out
 
-    def _ordered(self, bridge: NatsBridge, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
-        return self._call(bridge, _ordered_read(bridge, self.records, subject), "reading the job cache",
+    def _all_messages(self, bridge: NatsBridge, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
+        return self._call(bridge, _read_all(bridge, self.records, subject), "reading the job cache",
                           timeout=max(self.timeout, 60.0) * 10)
 
     def get_jid(self, jid: str) -> dict[str, Any]:
@@ -530,7 +529,7 @@ class NatsReturner(Returner):
             found = self._last_messages(bridge, subjects)
             messages = [(s, h, b) for s, (h, b) in found.items()]
         else:
-            messages = self._ordered(bridge, f"{self.names}.rec.ret.{escape_token(str(jid))}.*")
+            messages = self._all_messages(bridge, f"{self.names}.rec.ret.{escape_token(str(jid))}.*")
         out: dict[str, Any] = {}
         for subject, _headers, body in messages:  # oldest first: a minion's newest return wins
             out[unescape_token(subject.rsplit(".", 1)[-1])] = body
@@ -562,7 +561,7 @@ class NatsReturner(Returner):
         if not self._subject_counts(bridge, f"{self.names}.rec.load.*"):
             return {}
         loads: dict[str, dict[str, Any]] = {}
-        for _subject, _headers, body in self._ordered(bridge, f"{self.names}.rec.load.*"):
+        for _subject, _headers, body in self._all_messages(bridge, f"{self.names}.rec.load.*"):
             jid, load = self._load_of(body, minions=False)
             if jid is not None and jid not in loads:
                 loads[jid] = load
@@ -755,25 +754,11 @@ async def _gets(bridge: NatsBridge, stream: str, requests: list[dict[str, Any]],
     return list(await asyncio.gather(*(_api(bridge, f"STREAM.MSG.GET.{stream}", r, timeout) for r in requests)))
 
 
-async def _ordered_read(bridge: NatsBridge, stream: str, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
-    """Every message of ``stream`` under ``subject``, oldest first, through an ordered consumer
-    (ephemeral, in memory, flow-controlled); the bodies are decoded by the caller."""
-    sub = await bridge.js.subscribe(subject, stream=stream, ordered_consumer=True, inactive_threshold=5.0)
+async def _read_all(bridge: NatsBridge, stream: str, subject: str) -> list[tuple[str, dict[str, str], bytes]]:
+    """Every message of ``stream`` under ``subject``, oldest first (the bodies are decoded by
+    the caller); raises when the stream cannot be read completely now."""
     out: list[tuple[str, dict[str, str], bytes]] = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=ORDERED_IDLE)
-            except nats.errors.TimeoutError:
-                break  # nothing more (what was counted aged out meanwhile)
-            out.append((msg.subject, dict(msg.headers or {}), msg.data))
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:  # the consumer goes by itself once nobody listens
-            pass
+    await read_stream(bridge.js, stream, subject, lambda msg: out.append((msg.subject, dict(msg.headers or {}), msg.data)))
     return out
 
 
