@@ -713,7 +713,7 @@ def expected_minions(tgt: str | list, tgt_type: str, minions: Mapping[str, dict 
     matcher = compile_target(tgt, tgt_type, delimiter=delimiter, nodegroups=nodegroups)
     by_id = matcher.id_test()
     if by_id is not None:
-        return sorted(m for m in minions if isinstance(m, str) and by_id(m))
+        return sorted(m for m in minions if by_id(m if isinstance(m, str) else str(m)))
     chosen = []
     for minion_id, grains in minions.items():
         result = matcher.evaluate(minion_id, grains)

@@ -35,15 +35,11 @@ async def read_stream(js: Any, stream: str, subject: str, handle: Callable[[Any]
     what comes while reading; how many. Raises StaleCopy, or nats-py's errors."""
     from nats.js import api
 
-    if since is None:
-        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
-    else:
-        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                                    opt_start_time=datetime.datetime.fromtimestamp(since, tz=datetime.timezone.utc))
-    config.ack_policy = api.AckPolicy.NONE
-    config.inactive_threshold = inactive  # the server drops it by itself if this reader vanishes
-    config.num_replicas = 1
-    config.mem_storage = True
+    start = None if since is None else datetime.datetime.fromtimestamp(since, tz=datetime.timezone.utc)
+    config = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.ALL if start is None else api.DeliverPolicy.BY_START_TIME,
+        opt_start_time=start, ack_policy=api.AckPolicy.NONE, num_replicas=1, mem_storage=True,
+        inactive_threshold=inactive)  # the server drops it by itself if this reader vanishes
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
     name = None
     n = 0

@@ -71,9 +71,9 @@ class NatsReturner(Returner):
     How it reads: ``get_jid`` asks the stream which minions' subjects exist for the job (per-subject
     counts, no message read), then reads the newest message of each (one request per minion, all
     in flight at once; for a large job one pull consumer, which counts them first), one return per
-    minion even when the master stored it twice (two routes); ``get_load`` is the job's first load message, with
-    ``Minions`` from it; ``get_jids`` reads every load once; ``get_jids_filter`` only the newest;
-    ``get_minions`` is the per-subject counts of every return; ``get_fun`` finds each minion's
+    minion even when the master stored it twice (two routes); ``get_load`` is the job's first load
+    message, with ``Minions`` from it; ``get_jids`` reads every load once; ``get_jids_filter`` only
+    the newest; ``get_minions`` is the per-subject counts of every return; ``get_fun`` finds each minion's
     newest job of the function from the loads and reads only those returns (a return without a
     load, from a minion's own schedule say, is read to learn its function). Bytes a minion returned
     read back as text. ``clean_old_jobs`` has nothing to do: the stream drops what is older than
@@ -758,7 +758,8 @@ async def _read_all(bridge: NatsBridge, stream: str, subject: str) -> list[tuple
     """Every message of ``stream`` under ``subject``, oldest first (the bodies are decoded by
     the caller); raises when the stream cannot be read completely now."""
     out: list[tuple[str, dict[str, str], bytes]] = []
-    await read_stream(bridge.js, stream, subject, lambda msg: out.append((msg.subject, dict(msg.headers or {}), msg.data)))
+    await read_stream(bridge.js, stream, subject,
+                      lambda msg: out.append((msg.subject, dict(msg.headers or {}), msg.data)))
     return out
 
 

@@ -134,6 +134,7 @@ def test_a_master_starting_while_the_cluster_forms_waits_for_it(nats: NatsCluste
     nats.kill(1)
     nats.kill(2)
     bridge = NatsBridge(config).connect()
+    restarting: threading.Timer | None = None
     try:
         began = time.monotonic()
         with pytest.raises(OutboxError) as refused:
@@ -153,7 +154,7 @@ def test_a_master_starting_while_the_cluster_forms_waits_for_it(nats: NatsCluste
             box.close()
     finally:
         bridge.close()
-        if "restarting" in locals():
+        if restarting is not None:
             restarting.join(60)  # the outbox is up once node 1 is: node 2 may still be starting
         for node in (1, 2):
             if nats.procs[node] is None:
