@@ -14,7 +14,8 @@ import datetime as dt
 import json
 import re
 import uuid
-from typing import Any
+from json.encoder import c_make_encoder, encode_basestring
+from typing import Any, Callable
 
 __all__ = ["decode", "dumps", "dumps_ret", "loads", "text"]
 
@@ -96,13 +97,28 @@ def decode(value: Any, _seen: frozenset[int] = frozenset()) -> Any:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=_default)
 
 
+def _one_encoder() -> Callable[[Any], str]:
+    """The C encoder behind ``_ENCODER``, made once: ``JSONEncoder.encode`` makes a new one at
+    every call, which costs as much as encoding a small return. It keeps no record of the
+    containers it is in (a cycle raises RecursionError, and ``decode`` cuts it)."""
+    if c_make_encoder is None:  # an interpreter without the C accelerator
+        return _ENCODER.encode
+    made = c_make_encoder(None, _default, encode_basestring, None, ": ", ", ", False, False, True)
+    return lambda value: "".join(made(value, 0))
+
+
+_encode = _one_encoder()
+# the JSON of the return values too small to be worth an encoder call (a test.ping's True)
+_SCALARS: dict[Any, str] = {True: "true", False: "false", None: "null"}
+
+
 def dumps(value: Any) -> str:
     """Salt's JSON text of ``value``; never raises for odd values."""
     try:
-        out = _ENCODER.encode(value)
+        out = _encode(value)
     except (TypeError, ValueError, RecursionError):
         # bytes or tuple keys, or a reference cycle: clean a copy and try again
-        out = _ENCODER.encode(decode(value))
+        out = _encode(decode(value))
     return _escape_surrogates(out)
 
 
@@ -110,9 +126,12 @@ def dumps_ret(ret: dict[str, Any]) -> tuple[str, str]:
     """``(JSON of the whole ret, JSON of ret["return"])``, encoding the return value only once."""
     if "return" not in ret:
         return dumps(ret), "null"
-    if isinstance(ret["return"], (bool, int, float, type(None))):
-        return dumps(ret), dumps(ret["return"])  # small: encoding twice is cheaper than splicing
-    value = dumps(ret["return"])
+    value = ret["return"]
+    if value is None or value is True or value is False:
+        return dumps(ret), _SCALARS[value]
+    if isinstance(value, (int, float)):
+        return dumps(ret), dumps(value)  # small: encoding twice is cheaper than splicing
+    value = dumps(value)
     shell = dict(ret)
     shell["return"] = _MARK
     whole = dumps(shell)
