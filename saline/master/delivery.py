@@ -635,12 +635,14 @@ class _Worker(threading.Thread):
         ok: list[Row] = []
         bad: list[tuple[list[Row], BaseException]] = []
         stack = [rows]
+        failed = False  # after a failure, what is sent again may be stored already
         while stack:
             part = stack.pop()
             try:
-                self._send(inst, kind, part)
+                self._send(inst, kind, part, first=not failed)
                 ok.extend(part)
             except Exception as exc:
+                failed = True
                 if isinstance(exc, _UNAVAILABLE):
                     bad.append(([r for p in [part, *stack] for r in p], exc))
                     stack.clear()
@@ -656,10 +658,15 @@ class _Worker(threading.Thread):
         return ok, bad
 
     @staticmethod
-    def _send(inst: Returner, kind: str, rows: list[Row]) -> None:
+    def _send(inst: Returner, kind: str, rows: list[Row], first: bool = False) -> None:
+        """``first``: nothing of ``rows`` was sent in this batch before (the outbox says whether
+        a row may have been sent by an earlier batch or process)."""
         payloads = [r.payload for r in rows]
         if kind == "ret":
-            inst.returns(payloads)
+            if first and not any(r.maybe_delivered for r in rows):
+                inst.returns_first(payloads)
+            else:
+                inst.returns(payloads)
         elif kind == "load":
             inst.save_loads([(p["jid"], p["load"], p.get("minions")) for p in payloads])
         elif kind == "event":

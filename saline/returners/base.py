@@ -98,6 +98,12 @@ class Returner:
         """Store job returns (Salt's ``returner`` for each)."""
         raise self._refuse("returner")
 
+    def returns_first(self, rets: list[dict[str, Any]]) -> None:
+        """Store job returns never handed to this returner before, so none of them can be stored
+        already: a returner that looks up what a batch would duplicate may skip the lookup. The
+        delivery calls ``returns`` for anything retried or possibly sent before."""
+        self.returns(rets)
+
     def save_loads(self, loads: list[tuple[str, dict[str, Any], list[str] | None]]) -> None:
         """Store job loads: ``(jid, load, minions)`` each; a duplicate jid keeps the first load."""
         raise self._refuse("save_load")

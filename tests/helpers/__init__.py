@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS rets (jid TEXT, id TEXT, fun TEXT, ret TEXT);
 CREATE TABLE IF NOT EXISTS loads (jid TEXT PRIMARY KEY, load TEXT);
 CREATE TABLE IF NOT EXISTS events (tag TEXT, data TEXT);
 CREATE TABLE IF NOT EXISTS minions (jid TEXT, minions TEXT);
-CREATE TABLE IF NOT EXISTS batches (kind TEXT, size INTEGER, t REAL);
+-- first: 1 for returns handed over as never sent before (returns_first), 0 for returns, NULL for the rest
+CREATE TABLE IF NOT EXISTS batches (kind TEXT, size INTEGER, t REAL, first INTEGER);
 """
 
 
@@ -53,26 +54,32 @@ class ProbeReturner(Returner):
             self._conn.executescript(PROBE_SCHEMA)
         return self._conn
 
-    def _batch(self, kind: str, n: int, write: Callable[[sqlite3.Connection], None]) -> None:
+    def _batch(self, kind: str, n: int, write: Callable[[sqlite3.Connection], None], first: int | None = None) -> None:
         with self._lock:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
                 write(db)
-                db.execute("INSERT INTO batches VALUES (?, ?, ?)", (kind, n, time.time()))
+                db.execute("INSERT INTO batches VALUES (?, ?, ?, ?)", (kind, n, time.time(), first))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
+        self._returns(rets, 0)
+
+    def returns_first(self, rets: list[dict[str, Any]]) -> None:
+        self._returns(rets, 1)
+
+    def _returns(self, rets: list[dict[str, Any]], first: int) -> None:
         def write(db: sqlite3.Connection) -> None:
             for ret in rets:
                 if ret.get("poison"):
                     raise ReturnerError(f"returner probe: cannot store the return of {ret.get('id')}: poisoned")
                 db.execute("INSERT INTO rets VALUES (?, ?, ?, ?)",
                            (ret.get("jid"), ret.get("id"), ret.get("fun"), repr(ret.get("return"))))
-        self._batch("ret", len(rets), write)
+        self._batch("ret", len(rets), write, first)
 
     def save_loads(self, loads: list[tuple[str, dict[str, Any], list[str] | None]]) -> None:
         def write(db: sqlite3.Connection) -> None:

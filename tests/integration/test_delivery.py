@@ -289,6 +289,33 @@ def test_a_poison_item_retrying_alone_does_not_delay_newcomers(opts: dict[str, A
     assert probe_query(opts["probe.path"], "SELECT COUNT(*) FROM rets WHERE id = 'bad'") == [(0,)]
 
 
+def test_only_what_may_be_stored_already_is_checked_for_duplicates(opts: dict[str, Any], running: Running) -> None:
+    """Returns handed to a returner for the first time go through ``returns_first`` (a returner
+    may skip its duplicate check); the parts of a batch sent after a failure in it, and what a
+    new process finds stored before it opened the outbox, go through ``returns``."""
+    path = opts["probe.path"]
+
+    def batches() -> list[tuple[int, int]]:
+        return probe_query(path, "SELECT first, size FROM batches WHERE kind = 'ret' ORDER BY t")
+
+    d = running(opts)
+    d.submit(returns(d, "probe", 10))
+    assert d.flush(5)
+    assert batches() == [(1, 10)]
+    items = returns(d, "probe", 8, prefix="p")
+    items[3] = d.items_for_return(["probe"], make_ret("20240105123456123456", "p3", poison=True))[0]
+    d.submit(items)
+    assert wait_for(lambda: sum(n for _, n in batches()) == 17, 5), batches()
+    assert {first for first, _ in batches()[1:]} == {0}  # split after the failure: every part checked
+    d.stop()
+    d.outbox.close()
+    quiet = running(opts, start=False)  # stored while no worker runs, then a new process starts
+    quiet.submit(returns(quiet, "probe", 5, prefix="q"))
+    running.restart(quiet, opts)  # (the poisoned return keeps failing meanwhile: it is never stored)
+    assert wait_for(lambda: probe_query(path, "SELECT COUNT(*) FROM rets") == [(22,)], 5)
+    assert batches()[-1] == (0, 5)
+
+
 def test_dead_letters_replayed_once_the_tables_exist(opts: dict[str, Any], mysql_db: dict[str, Any],
                                                      account: dict[str, str], running: Running) -> None:
     """No tables yet (a user who followed Salt's seed DDL halfway): buried; returners.init; replay."""

@@ -135,6 +135,7 @@ def test_a_batch_fills_up_with_what_came_since(outbox: Outbox) -> None:
 def test_retry_waits_then_counts_attempts_and_error(outbox: Outbox) -> None:
     outbox.put(rets(3))
     rows = outbox.take("mysql", 10)
+    assert not any(r.maybe_delivered for r in rows)  # handed out for the first time
     before = time.time()
     outbox.settle("mysql", rows, [rows[2].seq], [Retry([rows[0].seq, rows[1].seq], "BackendUnavailable: down", 1.5)])
     assert outbox.take("mysql", 10) == []  # not due yet
@@ -144,7 +145,7 @@ def test_retry_waits_then_counts_attempts_and_error(outbox: Outbox) -> None:
     later = outbox.take("mysql", 10)
     assert [r.seq for r in later] == [rows[0].seq, rows[1].seq]
     retried = later[0]
-    assert retried.attempts == 1
+    assert retried.attempts == 1 and all(r.maybe_delivered for r in later)  # a retry may be stored already
     if is_jetstream(outbox):  # the stream keeps no error with a message: its age counts instead
         assert retried.first_failure == retried.enqueued
     else:
@@ -179,6 +180,7 @@ def test_bury_dead_letters_and_replay(outbox: Outbox) -> None:
     assert outbox.replay("mysql") == 2
     back = outbox.take("mysql", 10)
     assert [r.payload["id"] for r in back] == ["m3", "m1"] and all(r.attempts == 0 for r in back)
+    assert all(r.maybe_delivered for r in back)  # a dead letter may have been stored before it died
     done(outbox, "mysql", back)
     c = outbox.counts()["mysql"]
     assert (c["pending"], c["dead"], c["delivered"]) == (0, 0, 4)
@@ -197,6 +199,7 @@ def test_rows_not_tried_come_back_as_they_were(outbox: Outbox) -> None:
     else:  # a cursor: it stays before the first row not tried, and m5's retry waits behind it
         assert [r.payload["id"] for r in back] == ["m2", "m3", "m4", "m5"]
         assert all(r.attempts == 0 for r in back)
+    assert all(r.maybe_delivered for r in back)  # handed out before, whether or not tried
     done(outbox, "mysql", back)
     assert eventually(lambda: not outbox.has_pending("mysql"))
 
@@ -427,6 +430,21 @@ def test_put_from_many_threads_while_draining(outbox: Outbox) -> None:
     consumer.join(30)
     assert len(seen) == 2000 and len(set(seen)) == 2000
     assert outbox.counts()["mysql"]["delivered"] == 2000
+
+
+def test_what_an_earlier_delivery_process_may_have_sent_is_marked(tmp_path: Path) -> None:
+    """A delivery process that opens the file cannot tell which of the records already there its
+    killed predecessor sent: those may be stored, the records stored after it opened are not."""
+    path = tmp_path / "cache" / "outbox.db"
+    master = SqliteOutbox(path, shared=True)
+    master.put(rets(2))
+    worker = SqliteOutbox(path, shared=True, guard=False)
+    master.put(rets(2, start=2))
+    rows = worker.take("mysql", 10)
+    assert [(r.payload["id"], r.maybe_delivered) for r in rows] == \
+        [("m0", True), ("m1", True), ("m2", False), ("m3", False)]
+    worker.close()
+    master.close()
 
 
 def test_files_are_private(tmp_path: Path) -> None:

@@ -176,6 +176,23 @@ def test_duplicate_check_is_per_jid_id_fun(returner: MysqlReturner, mysql_db: di
     assert query(mysql_db, "SELECT COUNT(*) FROM salt_returns WHERE jid = %s", jid) == [(51,)]
 
 
+def test_a_first_delivery_writes_the_same_rows_without_the_lookup(returner: MysqlReturner,
+                                                                  mysql_db: dict[str, Any]) -> None:
+    """``returns_first``: for a batch never sent before, the same rows with no duplicate lookup
+    (copies inside the batch are still left out); what may have been sent goes through ``returns``."""
+    checked, first = gen_jid(), gen_jid()
+    returner.returns([ping(checked, f"m{i}", **{"return": {"n": i, "ü": "✓"}}) for i in range(20)])
+    batch = [ping(first, f"m{i}", **{"return": {"n": i, "ü": "✓"}}) for i in range(20)]
+    returner.returns_first(batch + batch[:3])
+    columns = "fun, `return`, id, success, REPLACE(full_ret, jid, 'J')"
+    assert query(mysql_db, f"SELECT {columns} FROM salt_returns WHERE jid = %s ORDER BY id", first) == \
+        query(mysql_db, f"SELECT {columns} FROM salt_returns WHERE jid = %s ORDER BY id", checked)
+    returner.returns(batch)  # a redelivery: found and left out
+    assert query(mysql_db, "SELECT COUNT(*) FROM salt_returns WHERE jid = %s", first) == [(20,)]
+    returner.returns_first(batch[:2])  # the caller vouches these were never sent: no lookup
+    assert query(mysql_db, "SELECT COUNT(*) FROM salt_returns WHERE jid = %s", first) == [(22,)]
+
+
 def test_get_jids_filter_and_get_fun(returner: MysqlReturner) -> None:
     jids = [gen_jid() for _ in range(4)]
     returner.save_loads([(jids[0], {"jid": jids[0], "fun": "test.ping", "tgt": "*"}, None),

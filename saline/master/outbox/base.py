@@ -83,6 +83,10 @@ class Row(NamedTuple):
     next_try: float
     first_failure: float | None
     last_error: str | None
+    #: whether this returner may have been handed the record before (a retry, or a record an
+    #: earlier process may have sent before it could settle it); a record surely seen for the
+    #: first time needs no check for what it would duplicate
+    maybe_delivered: bool = True
 
 
 class Retry(NamedTuple):

@@ -61,10 +61,14 @@ FILL_WAIT = 0.02
 ACK_WAIT = 60.0
 #: worker counters are written to the stats bucket at most this often (0: at every settle)
 STATS_EVERY = 0.0
+#: the end of a replayed dead letter's subject: take() counts it as a record that may be stored
+#: already (a minion named so only costs its returns a duplicate check)
+REPLAYED = ".replayed"
 
 
 def consumer_name(returner: str) -> str:
     return "deliver_" + "".join(c if c.isalnum() or c in "_-" else f"_{ord(c):02x}" for c in returner)
+
 
 
 class JetStreamOutbox(Outbox):
@@ -387,7 +391,7 @@ class JetStreamOutbox(Outbox):
             taken[seq] = msg
             rows.append(Row(seq, returner, kind, recordlog.unpack(msg.data), entry[1],
                             dict(entry[2]) if entry[2] else None, stored, tries, time.time(),
-                            stored if tries else None, None))
+                            stored if tries else None, None, tries > 0 or msg.subject.endswith(REPLAYED)))
         for msg in skipped:
             await msg.ack()
         return rows
@@ -568,7 +572,7 @@ class JetStreamOutbox(Outbox):
             rid, kept, _served = await asyncio.get_running_loop().run_in_executor(None, self._route, route)
             kind = letter.get("kind") or "event"
             payload = letter.get("payload")
-            subject = f"{self.config.prefix}.rec.{kind if kind in ('ret', 'load') else 'event'}.replayed"
+            subject = f"{self.config.prefix}.rec.{kind if kind in ('ret', 'load') else 'event'}{REPLAYED}"
             await self.bridge.js.publish(subject, recordlog.pack(payload), stream=self.config.stream,
                                          headers={"Saline-Route": rid, "Saline-Origin": self.origin})
         last = letters[-1][0]

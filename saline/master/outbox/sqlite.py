@@ -65,6 +65,11 @@ class SqliteOutbox(Outbox):
         self._cursors: set[str] = set()
         self._scanned: dict[str, int] = {}     # returner -> how far its last takes looked
         self._taken_new: dict[str, set[int]] = {}
+        # what this object cannot vouch for: a record stored before it was opened may have been
+        # handed out by an earlier process (killed before it settled), and one it handed out
+        # already may come back; only records above both go out for the first time
+        self._opened_head = 0
+        self._handed: dict[str, int] = {}  # returner -> the highest seq this object handed out
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -89,6 +94,7 @@ class SqliteOutbox(Outbox):
             conn.executescript(recordlog.SCHEMA)
             sqlitewal.private(self.path)
             self._next_seq = self._head(conn) + 1
+            self._opened_head = self._next_seq - 1
         except sqlite3.Error as exc:
             conn.close()
             self._drop_guard()
@@ -270,7 +276,7 @@ class SqliteOutbox(Outbox):
             room = int(limit) - len(retried)
             if room > 0 and ids:
                 marks = ",".join("?" * len(ids))
-                fresh = db.execute(f"SELECT seq, kind, route, stamp, body FROM records WHERE seq > ? AND route IN ({marks})"
+                fresh = db.execute(f"SELECT seq, kind, route, stamp, body, mid FROM records WHERE seq > ? AND route IN ({marks})"
                                    " ORDER BY seq LIMIT ?", (start, *ids, room)).fetchall()
             # how far this take looked: past the records not routed here too, when it found less than
             # it could take; not at all when the retries filled the batch
@@ -293,10 +299,16 @@ class SqliteOutbox(Outbox):
             rc, kw = self._options(rid, returner)
             rows.append(Row(seq, returner, KIND_NAMES[kind], unpack(body), rc, kw, stamp, attempts, next_try,
                             first_failure, last_error))
-        for seq, kind, rid, stamp, body in fresh:
+        handed = max(self._opened_head, self._handed.get(returner, 0))
+        for seq, kind, rid, stamp, body, mid in fresh:
             rc, kw = self._options(rid, returner)
             taken.add(seq)
-            rows.append(Row(seq, returner, KIND_NAMES[kind], unpack(body), rc, kw, stamp, 0, stamp, None, None))
+            # a return without its minion is a replayed dead letter (see replay): it may be stored
+            replayed = kind == recordlog.RET and mid is None
+            rows.append(Row(seq, returner, KIND_NAMES[kind], unpack(body), rc, kw, stamp, 0, stamp, None, None,
+                            seq <= handed or replayed))
+        if rows:
+            self._handed[returner] = max(handed, max(r.seq for r in rows))
         return rows
 
     def _options(self, rid: int, returner: str) -> tuple[str | None, dict | None]:
@@ -421,7 +433,8 @@ class SqliteOutbox(Outbox):
                 payload = unpack(body)
                 jid = payload.get("jid") if isinstance(payload, dict) else None
                 mid = (payload.get("id") if kind == 0 else payload.get("tag")) if isinstance(payload, dict) else None
-                # a replayed return is a copy, not the job cache's (whose returns are unique per job and minion)
+                # a replayed return is a copy, not the job cache's (whose returns are unique per job and
+                # minion); stored without its minion, it is known to take() as one that may be stored
                 rows.append((seq, kind, rid, 0, jid, None if kind == 0 else mid, None, now, body))
                 seq += 1
             db.executemany("INSERT INTO records (seq, kind, route, cached, jid, mid, fun, stamp, body)"
