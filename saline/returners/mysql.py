@@ -259,10 +259,10 @@ class MysqlReturner(Returner):
     delivery process had taken) looks up the rows it would duplicate (same ``jid``, ``id`` and
     ``fun``) through the ``jid`` index in the same transaction; a batch sent for the first time
     skips the lookup (``returns_first``), a fifth of the server's work a row. ``salt_returns``
-    has no unique key in Salt's DDL, so two masters delivering the very same return at the very same
-    moment could still both insert it. ``clean_old_jobs`` deletes a ``jids`` row only when every
-    return of the job is older than ``keep_jobs_seconds`` (a job without returns: when its jid is);
-    with ``archive_jobs`` the rows are first copied into ``jids_archive``,
+    has no unique key in Salt's DDL, so two masters delivering the very same return at the very
+    same moment could still both insert it. ``clean_old_jobs`` deletes a ``jids`` row only when
+    every return of the job is older than ``keep_jobs_seconds`` (a job without returns: when its
+    jid is); with ``archive_jobs`` the rows are first copied into ``jids_archive``,
     ``salt_returns_archive`` and ``salt_events_archive``.
 
     The driver: mysqlclient (the C extension; ``pip install 'saline[mysql-c]'``, which builds
@@ -273,11 +273,11 @@ class MysqlReturner(Returner):
     either (the C library alone would take its Unix socket and ignore the port).
 
     One connection per returner, opened on first use, kept, and opened again (once, at once)
-    when the server went away; a batch is one transaction: the duplicate check (if any), then multi-row
-    ``INSERT … VALUES (…),(…)`` statements of up to 1 MB, every value escaped by the driver.
-    With ``ssl_ca``/``ssl_cert``/``ssl_key`` set, TLS is required (a server without TLS is an
-    error, not a silent plain-text connection; with mysqlclient and no ``ssl_ca`` it is found
-    right after the handshake, before anything is written); with ``ssl_ca`` the server's
+    when the server went away; a batch is one transaction: the duplicate check (if any), then
+    multi-row ``INSERT … VALUES (…),(…)`` statements of up to 1 MB, every value escaped by the
+    driver. With ``ssl_ca``/``ssl_cert``/``ssl_key`` set, TLS is required (a server without TLS
+    is an error, not a silent plain-text connection; with mysqlclient and no ``ssl_ca`` it is
+    found right after the handshake, before anything is written); with ``ssl_ca`` the server's
     certificate and host name are verified. With none set, TLS is not used.
 
     Example query::

@@ -70,7 +70,6 @@ def consumer_name(returner: str) -> str:
     return "deliver_" + "".join(c if c.isalnum() or c in "_-" else f"_{ord(c):02x}" for c in returner)
 
 
-
 class JetStreamOutbox(Outbox):
     """See the module docstring."""
 
