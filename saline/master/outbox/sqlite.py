@@ -307,8 +307,8 @@ class SqliteOutbox(Outbox):
             replayed = kind == recordlog.RET and mid is None
             rows.append(Row(seq, returner, KIND_NAMES[kind], unpack(body), rc, kw, stamp, 0, stamp, None, None,
                             seq <= handed or replayed))
-        if rows:
-            self._handed[returner] = max(handed, max(r.seq for r in rows))
+        if fresh:  # (ordered by seq; a retried row was handed out before)
+            self._handed[returner] = max(handed, fresh[-1][0])
         return rows
 
     def _options(self, rid: int, returner: str) -> tuple[str | None, dict | None]:
