@@ -108,8 +108,12 @@ def stack(tmp_path: Path, mysql_db: dict) -> Iterator[Callable[..., tuple[MultiM
                 for other in mm.masters:
                     for path in (other.master_dir / "pki" / "minions").iterdir():
                         target = m.master_dir / "pki" / "minions" / path.name
-                        if not target.exists():
+                        if path.suffix == ".tmp" or target.exists():
+                            continue  # (a key still being written, renamed into place a moment later)
+                        try:
                             target.write_text(path.read_text())
+                        except FileNotFoundError:
+                            continue  # renamed meanwhile: the next round copies it
 
         client = LocalClient(str(mm.masters[0].master_dir / "sock"))
         wait_for(lambda: share() or len(client.cmd("*", "test.ping", timeout=3)) == 2 * PER_SWARM, 60,

@@ -204,6 +204,24 @@ def test_rows_not_tried_come_back_as_they_were(outbox: Outbox) -> None:
     assert eventually(lambda: not outbox.has_pending("mysql"))
 
 
+def test_a_batch_its_worker_gave_up_on_is_taken_again(outbox: Outbox) -> None:
+    """A worker whose take or settle failed (the store unreachable for a moment) drops its batch
+    and starts a new one: the rows it held come back in it, marked as maybe sent, however long
+    the ack wait (a stream's worker must not go on reporting them in progress)."""
+    outbox.put(rets(3))
+    given_up = take_all(outbox, "mysql", 3)
+    assert len(given_up) == 3
+    back: list = []
+    deadline = time.monotonic() + 5
+    while len(back) < 3 and time.monotonic() < deadline:
+        back += outbox.take("mysql", 10, after=max(r.seq for r in back) if back else None)
+    assert sorted(r.payload["id"] for r in back) == ["m0", "m1", "m2"]
+    assert all(r.maybe_delivered for r in back)
+    done(outbox, "mysql", back)
+    assert eventually(lambda: not outbox.has_pending("mysql"))
+    assert outbox.counts()["mysql"]["delivered"] == 3
+
+
 def test_a_returner_seen_first_later_starts_where_the_log_is(outbox: Outbox) -> None:
     outbox.put(rets(3))
     outbox.put(rets(2, start=3, route=REDIS))

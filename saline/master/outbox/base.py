@@ -141,7 +141,9 @@ class Outbox(ABC):
     @abstractmethod
     def take(self, returner: str, limit: int, after: int | None = None) -> list[Row]:
         """Up to ``limit`` rows for ``returner``, oldest first: due retries and records past its
-        cursor (only those past ``after`` when given: a batch filling up)."""
+        cursor (only those past ``after`` when given: a batch filling up). A take without
+        ``after`` starts a new batch: what an earlier one took and never settled (its worker gave
+        up on it, say when the store could not be read or written) is to be delivered again."""
 
     @abstractmethod
     def settle(self, returner: str, taken: Sequence[Row], done: Sequence[int] = (),

@@ -357,6 +357,8 @@ class JetStreamOutbox(Outbox):
 
     def take(self, returner: str, limit: int, after: int | None = None) -> list[Row]:
         try:
+            if after is None:
+                self._let_go(returner)
             sub = self._sub(returner)
             wait = TAKE_WAIT if after is None else FILL_WAIT
             return self.bridge.call(self._take(returner, sub, int(limit), wait), timeout=wait + 30)
@@ -364,6 +366,26 @@ class JetStreamOutbox(Outbox):
             raise
         except Exception as exc:
             raise OutboxError(f"outbox {self.path}: cannot read: {one_line(exc)}") from None
+
+    def _let_go(self, returner: str) -> None:
+        """Records an earlier batch took and never settled (its worker gave up on it when a take
+        or settle failed) are no longer reported in progress, and go back to the stream: at once
+        when the nak reaches it, after the ack wait otherwise. Kept alive, they would never be
+        delivered."""
+        left = self._taken.pop(returner, None)
+        if not left:
+            return
+        log.info("outbox %s: %d record(s) of an unsettled batch for %s go back to the stream", self.path,
+                 len(left), returner)
+
+        async def nak() -> None:
+            for msg in left.values():
+                await msg.nak()
+            await self.bridge.sent()
+        try:
+            self.bridge.call(nak(), timeout=5)
+        except Exception as exc:  # they come back after the ack wait
+            log.debug("outbox %s: nak: %s", self.path, one_line(exc))
 
     async def _take(self, returner: str, sub: Any, limit: int, wait: float) -> list[Row]:
         import nats.errors
