@@ -222,6 +222,25 @@ def test_a_batch_its_worker_gave_up_on_is_taken_again(outbox: Outbox) -> None:
     assert outbox.counts()["mysql"]["delivered"] == 3
 
 
+@pytest.mark.parametrize("outbox", ["jetstream"], indirect=True)  # a file's take is one read: nothing half-taken
+def test_a_take_that_fails_half_way_gives_back_what_it_fetched(outbox: Outbox) -> None:
+    """A stream's take that fails after its fetch (here the routes bucket unreadable) sends the
+    records back at once, not after the ack wait (60 s), and holds none of them."""
+    outbox.put(rets(3))
+    real = outbox._route_for
+
+    async def unreadable(rid: str) -> Any:
+        raise ConnectionError("routes bucket unreadable")
+    outbox._route_for = unreadable
+    with pytest.raises(OutboxError, match="routes bucket unreadable"):
+        outbox.take("mysql", 10)
+    outbox._route_for = real
+    assert outbox._taken.get("mysql", {}) == {}
+    back = take_all(outbox, "mysql", 3)
+    assert sorted(r.payload["id"] for r in back) == ["m0", "m1", "m2"] and all(r.maybe_delivered for r in back)
+    done(outbox, "mysql", back)
+
+
 def test_a_returner_seen_first_later_starts_where_the_log_is(outbox: Outbox) -> None:
     outbox.put(rets(3))
     outbox.put(rets(2, start=3, route=REDIS))

@@ -394,25 +394,36 @@ class JetStreamOutbox(Outbox):
             msgs = await sub.fetch(limit, timeout=wait)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             return []
-        taken = self._taken.setdefault(returner, {})
         rows: list[Row] = []
+        held: dict[int, Any] = {}
         skipped = []
-        for msg in msgs:
-            headers = msg.headers or {}
-            route = await self._route_for(headers.get("Saline-Route", ""))
-            entry = next((e for e in route if e[0] == returner), None)
-            if entry is None:
-                skipped.append(msg)  # not routed here: done with it at once
-                continue
-            meta = msg.metadata
-            seq = meta.sequence.stream
-            stored = meta.timestamp.timestamp() if meta.timestamp else time.time()
-            kind = msg.subject.split(".")[3] if msg.subject.count(".") >= 3 else "event"
-            tries = max(0, int(meta.num_delivered) - 1)
-            taken[seq] = msg
-            rows.append(Row(seq, returner, kind, recordlog.unpack(msg.data), entry[1],
-                            dict(entry[2]) if entry[2] else None, stored, tries, time.time(),
-                            stored if tries else None, None, tries > 0 or msg.subject.endswith(REPLAYED)))
+        try:
+            for msg in msgs:
+                headers = msg.headers or {}
+                route = await self._route_for(headers.get("Saline-Route", ""))
+                entry = next((e for e in route if e[0] == returner), None)
+                if entry is None:
+                    skipped.append(msg)  # not routed here: done with it at once
+                    continue
+                meta = msg.metadata
+                seq = meta.sequence.stream
+                stored = meta.timestamp.timestamp() if meta.timestamp else time.time()
+                kind = msg.subject.split(".")[3] if msg.subject.count(".") >= 3 else "event"
+                tries = max(0, int(meta.num_delivered) - 1)
+                held[seq] = msg
+                rows.append(Row(seq, returner, kind, recordlog.unpack(msg.data), entry[1],
+                                dict(entry[2]) if entry[2] else None, stored, tries, time.time(),
+                                stored if tries else None, None, tries > 0 or msg.subject.endswith(REPLAYED)))
+        except BaseException:
+            # the routes bucket unreadable, say: the whole fetch goes back, none of it half-taken
+            for msg in msgs:
+                try:
+                    await msg.nak()
+                except Exception as exc:  # it comes back after the ack wait
+                    log.debug("outbox %s: nak: %s", self.path, one_line(exc))
+                    break
+            raise
+        self._taken.setdefault(returner, {}).update(held)
         for msg in skipped:
             await msg.ack()
         return rows
