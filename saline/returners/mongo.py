@@ -343,6 +343,15 @@ class MongoBase(Returner):
                 for r in rets]
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
+        self._store_returns(rets, check=True)
+
+    def returns_first(self, rets: list[dict[str, Any]]) -> None:
+        self._store_returns(rets, check=False)
+
+    def _store_returns(self, rets: list[dict[str, Any]], check: bool) -> None:
+        """``check``: without the unique index, first look up the returns of the batch already
+        stored (it may have been sent before) and leave them out; copies inside the batch are left
+        out either way."""
         rets = self._fresh_jids(rets)
         if not rets:
             return
@@ -357,7 +366,7 @@ class MongoBase(Returner):
             encoded = [(d["jid"], d["minion"], self._encode(d, lambda d=d: f"the return of {d['minion']} for job "
                                                                             f"{d['jid']}")) for d in docs]
             if not self._unique:
-                stored = self._stored_pairs(db, encoded)
+                stored = self._stored_pairs(db, encoded) if check else set()
                 kept = []
                 for jid, minion, raw in encoded:
                     if (jid, minion) not in stored:

@@ -88,14 +88,15 @@ class PostgresReturner(_pg.Schema, Returner):
 
     Differences from Salt, all compatible with its tables: the first load of a jid is kept (the
     publish load; Salt's did the same by swallowing the duplicate-key error); a return delivered
-    twice (same ``jid`` and ``id``: a retried batch) is stored once; ``get_fun`` works on
-    PostgreSQL (Salt's used MySQL back-ticks) and returns, per minion, the return with the
-    highest jid; ``get_jids_filter`` exists; ``clean_old_jobs`` exists (Salt's postgres
-    returner kept everything): rows older than ``keep_jobs_seconds`` are deleted, or with
-    ``archive_jobs`` moved into ``jids_archive``, ``salt_returns_archive`` and
+    twice (same ``jid`` and ``id``: a retried batch) is stored once (looked up only for a batch
+    that may have been sent before: ``returns_first`` writes one sent for the first time without
+    the lookup); ``get_fun`` works on PostgreSQL (Salt's used MySQL back-ticks) and returns, per
+    minion, the return with the highest jid; ``get_jids_filter`` exists; ``clean_old_jobs``
+    exists (Salt's postgres returner kept everything): rows older than ``keep_jobs_seconds`` are
+    deleted, or with ``archive_jobs`` moved into ``jids_archive``, ``salt_returns_archive`` and
     ``salt_events_archive`` (created ``LIKE`` the originals), and a job goes only when none of
-    its returns is newer (salt#69060). sslmode/sslcert/sslkey/sslrootcert and
-    connect_timeout are saline's (passed to libpq).
+    its returns is newer (salt#69060). sslmode/sslcert/sslkey/sslrootcert and connect_timeout
+    are saline's (passed to libpq).
 
     One connection per returner, opened on first use, kept, and opened again (once, at once)
     when the server dropped it (a restart); a batch is one transaction written with ``COPY``.
@@ -145,6 +146,14 @@ class PostgresReturner(_pg.Schema, Returner):
                 "true" if ret.get("success") else "false", _pg.stamp_time(ret))
 
     def returns(self, rets: list[dict[str, Any]]) -> None:
+        self._store_returns(rets, check=True)
+
+    def returns_first(self, rets: list[dict[str, Any]]) -> None:
+        self._store_returns(rets, check=False)
+
+    def _store_returns(self, rets: list[dict[str, Any]], check: bool) -> None:
+        """``check``: first look up the returns of the batch's jobs already stored (it may have
+        been sent before) and leave them out; copies inside the batch are left out either way."""
         rets = prepare_returns(self, rets)
         if not rets:
             return
@@ -156,8 +165,10 @@ class PostgresReturner(_pg.Schema, Returner):
             with conn.transaction():
                 # A redelivered return (same jid and minion) is stored once: the outbox delivers
                 # at least once, and a minion may resend a return it was not sure had arrived.
-                jids = sorted({row[1] for row in cut})
-                seen = set(conn.execute("SELECT jid, id FROM salt_returns WHERE jid = ANY(%s)", (jids,)).fetchall())
+                seen: set[tuple[Any, ...]] = set()
+                if check:
+                    jids = sorted({row[1] for row in cut})
+                    seen = set(conn.execute("SELECT jid, id FROM salt_returns WHERE jid = ANY(%s)", (jids,)).fetchall())
                 with conn.cursor().copy("COPY salt_returns (fun, jid, return, full_ret, id, success, alter_time) "
                                         "FROM STDIN") as copy:
                     for row in cut:

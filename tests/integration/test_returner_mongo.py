@@ -248,6 +248,9 @@ def test_salt_written_duplicates_fall_back_to_a_lookup(mongo_db: dict[str, Any],
     assert "no unique (jid, minion) index" in caplog.text and "lookup" in caplog.text
     r.returns(batch + [ret(jid, "m20", 20), ret(jid, "m20", 20)])
     assert raw.saltReturns.count_documents({"jid": jid}) == 21
+    # a batch never sent before: copies inside it left out, no lookup (the caller vouches for it)
+    r.returns_first([ret(jid, "m21", 21), ret(jid, "m21", 21), ret(jid, "m0", 0)])
+    assert raw.saltReturns.count_documents({"jid": jid}) == 23
     assert raw.saltReturns.count_documents({"jid": "req"}) == 2  # Salt's own documents stay as they are
     assert any(i["key"] == [("jid", 1), ("minion", 1)] for i in raw.saltReturns.index_information().values())
     r.close()

@@ -221,6 +221,27 @@ def test_first_load_kept_and_duplicates_stored_once(pg, pg_db) -> None:
     assert sql(pg_db, "SELECT count(*) FROM jids") == [(1,)]
 
 
+@pytest.mark.parametrize("name", ["postgres", "pgjsonb"])
+def test_a_first_delivery_writes_the_same_rows_without_the_lookup(name: str, pg_db, master_opts) -> None:
+    """``returns_first``: for a batch never sent before, the same rows with no duplicate lookup
+    (copies inside the batch are still left out); what may have been sent goes through ``returns``."""
+    returner = create(name, pg_opts(pg_db, master_opts, prefix=f"returner.{name}", create_schema=True))
+    try:
+        checked, first, stamp = gen_jid(), gen_jid(), "2026-12-07T10:00:00.000001"
+        returner.returns([ret_for(checked, f"m{i}", {"n": i, "ü": "✓"}, stamp=stamp) for i in range(20)])
+        batch = [ret_for(first, f"m{i}", {"n": i, "ü": "✓"}, stamp=stamp) for i in range(20)]
+        returner.returns_first(batch + batch[:3])
+        columns = "fun, return::text, id, success, replace(full_ret::text, jid, 'J'), alter_time"
+        rows = f"SELECT {columns} FROM salt_returns WHERE jid = %s ORDER BY id"
+        assert sql(pg_db, rows, (first,)) == sql(pg_db, rows, (checked,))
+        returner.returns(batch)  # a redelivery: found and left out
+        assert sql(pg_db, "SELECT count(*) FROM salt_returns WHERE jid = %s", (first,)) == [(20,)]
+        returner.returns_first(batch[:2])  # the caller vouches these were never sent: no lookup
+        assert sql(pg_db, "SELECT count(*) FROM salt_returns WHERE jid = %s", (first,)) == [(22,)]
+    finally:
+        returner.close()
+
+
 def test_read_side(pg) -> None:
     old, new, find = gen_jid(), gen_jid(), gen_jid()
     pg.save_loads([(old, publish_load(old, "test.echo"), None), (new, publish_load(new, "test.echo"), None),
