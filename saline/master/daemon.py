@@ -736,7 +736,6 @@ class Master:
         """Write accepted returns durably, then build their acks (group commit)."""
         replies: list[tuple[bytes, Any]] = []
         acks: list[tuple[bytes, bytes]] = []
-        ack_of: dict[str, bytes] = {}  # a group holds many returns of the same few jobs: encode each ack once
         items: list[Record] = []
         owners: list[int] = []  # for each record, the return (its index in fresh) it belongs to
         fresh: list[tuple[str, str, int]] = []
@@ -744,6 +743,8 @@ class Master:
         seen: dict[tuple[str, str], int] = {}  # (jid, minion) -> its index in fresh
         copies: list[tuple[int, bytes]] = []   # (index in fresh of the first copy, routing) of later copies
         received = stamp()  # one group is handled within milliseconds: one stamp for all
+        # a group holds many returns of the same few jobs: each job's state, routes and ack once
+        jobs: dict[str, tuple[Any, Routes, bytes]] = {}
         for routing, load in accepted:
             jid, mid = load["jid"], load["id"]
             if "schedule_route" in load:  # a minion's own scheduled job (saline/master/scheduled.py)
@@ -751,15 +752,25 @@ class Master:
                 if reply is not None:
                     replies.append((routing, reply))
                 continue
-            try:
-                job = self.state.job(jid)
-                if job is None and self.cluster is not None:
-                    job = self._cluster_job(jid)
-            except (OutboxError, ConnectionError) as exc:
-                # Whether the job is known cannot be told now: no answer (not "not targeted", which
-                # makes the minion drop the return), so the minion resends it later
-                self._store_failed(1, exc)
-                continue
+            known = jobs.get(jid)
+            if known is None:
+                try:
+                    job = self.state.job(jid)
+                    if job is None and self.cluster is not None:
+                        job = self._cluster_job(jid)
+                except (OutboxError, ConnectionError) as exc:
+                    # Whether the job is known cannot be told now: no answer (not "not targeted",
+                    # which makes the minion drop the return), so the minion resends it later
+                    self._store_failed(1, exc)
+                    continue
+                routes: Routes = []
+                if job is not None:
+                    job_load = self.state.job_load(jid) or {}  # in memory for recent jobs
+                    kwargs = job_load.get("kwargs") or {}
+                    routes = self._job_routes(job_load.get("ret"), kwargs.get("ret_config"),
+                                              kwargs.get("ret_kwargs"), returns=True)
+                known = jobs[jid] = (job, routes, encode({"cmd": "ack", "jid": jid}))
+            job, routes, ack = known
             if job is None or mid not in job[0]:
                 self.stats["untargeted"] += 1
                 log.warning("minion %s returned for job %s it was not targeted by; refused", mid, jid)
@@ -777,20 +788,14 @@ class Master:
                 copies.append((first, routing))
                 continue
             seen[(jid, mid)] = len(fresh)
-            job_load = self.state.job_load(jid) or {}  # in memory for recent jobs
-            kwargs = job_load.get("kwargs") or {}
             ret = {"cmd": "_return", **load, "_stamp": received}
-            routes = self._job_routes(job_load.get("ret"), kwargs.get("ret_config"), kwargs.get("ret_kwargs"),
-                                      returns=True)
+            tag = job_ret_tag(jid, mid)
             made = self.delivery.records_for_return(routes, ret)
-            made += self.delivery.items_for_event(job_ret_tag(jid, mid), ret)
+            made += self.delivery.items_for_event(tag, ret)
             items += made
             owners += [len(fresh)] * len(made)
-            to_fire.append((job_ret_tag(jid, mid), ret))
+            to_fire.append((tag, ret))
             fresh.append((jid, mid, _retcode(load.get("retcode"))))
-            ack = ack_of.get(jid)
-            if ack is None:
-                ack = ack_of[jid] = encode({"cmd": "ack", "jid": jid})
             acks.append((routing, ack))
         if fresh:
             try:
