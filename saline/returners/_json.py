@@ -38,6 +38,8 @@ def _escape_surrogates(json_text: str) -> str:
 def text(value: Any) -> str:
     """``value`` as text for a plain (non-JSON) column: a list is joined with commas (a
     multi-function job's ``fun``), bytes decoded, lone surrogates replaced."""
+    if type(value) is str and value.isascii():  # a jid, a minion id, a function name: as they are
+        return value
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
