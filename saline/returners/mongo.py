@@ -342,13 +342,7 @@ class MongoBase(Returner):
         return [{**r, "jid": self.prep_jid(nocache=bool(r.get("nocache")))} if r.get("jid") == "req" else r
                 for r in rets]
 
-    def returns(self, rets: list[dict[str, Any]]) -> None:
-        self._store_returns(rets, check=True)
-
-    def returns_first(self, rets: list[dict[str, Any]]) -> None:
-        self._store_returns(rets, check=False)
-
-    def _store_returns(self, rets: list[dict[str, Any]], check: bool) -> None:
+    def returns(self, rets: list[dict[str, Any]], check: bool = True) -> None:
         """``check``: without the unique index, first look up the returns of the batch already
         stored (it may have been sent before) and leave them out; copies inside the batch are left
         out either way."""
@@ -376,6 +370,9 @@ class MongoBase(Returner):
             self._insert(db, RETURNS, [raw for _, _, raw in encoded])
 
         self._run(write)
+
+    def returns_first(self, rets: list[dict[str, Any]]) -> None:
+        self.returns(rets, check=False)
 
     def init_schema(self) -> None:
         """Collections appear as they are written; this connects and creates the indexes."""

@@ -545,13 +545,7 @@ class MysqlReturner(Returner):
         for statement in self._driver.statements(cur.connection, head, rows, limit, tail):
             cur.execute(statement)  # no arguments: the driver does no %-formatting of the text
 
-    def returns(self, rets: list[dict[str, Any]]) -> None:
-        self._store_returns(rets, check=True)
-
-    def returns_first(self, rets: list[dict[str, Any]]) -> None:
-        self._store_returns(rets, check=False)
-
-    def _store_returns(self, rets: list[dict[str, Any]], check: bool) -> None:
+    def returns(self, rets: list[dict[str, Any]], check: bool = True) -> None:
         """``check``: first look up the rows of the batch already stored (it may have been sent
         before) and leave them out; copies inside the batch are left out either way."""
         rets = prepare_returns(self, rets)
@@ -575,6 +569,9 @@ class MysqlReturner(Returner):
             self._insert(cur, _INSERT_RETURN, fresh)
 
         self._run(work)
+
+    def returns_first(self, rets: list[dict[str, Any]]) -> None:
+        self.returns(rets, check=False)
 
     def save_loads(self, loads: list[tuple[str, dict[str, Any], list[str] | None]]) -> None:
         if not loads:

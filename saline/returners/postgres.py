@@ -145,13 +145,7 @@ class PostgresReturner(_pg.Schema, Returner):
         return (_pg.text(ret.get("fun")), _pg.text(ret["jid"]), value, full, _pg.text(ret["id"]),
                 "true" if ret.get("success") else "false", _pg.stamp_time(ret))
 
-    def returns(self, rets: list[dict[str, Any]]) -> None:
-        self._store_returns(rets, check=True)
-
-    def returns_first(self, rets: list[dict[str, Any]]) -> None:
-        self._store_returns(rets, check=False)
-
-    def _store_returns(self, rets: list[dict[str, Any]], check: bool) -> None:
+    def returns(self, rets: list[dict[str, Any]], check: bool = True) -> None:
         """``check``: first look up the returns of the batch's jobs already stored (it may have
         been sent before) and leave them out; copies inside the batch are left out either way."""
         rets = prepare_returns(self, rets)
@@ -177,6 +171,9 @@ class PostgresReturner(_pg.Schema, Returner):
                             copy.write_row(row)
 
         self.link.run(write)
+
+    def returns_first(self, rets: list[dict[str, Any]]) -> None:
+        self.returns(rets, check=False)
 
     def save_loads(self, loads: list[tuple[str, dict[str, Any], list[str] | None]]) -> None:
         first: dict[str, str] = {}

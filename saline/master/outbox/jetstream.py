@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 import time
 import uuid
 from typing import Any, Sequence
@@ -88,7 +87,6 @@ class JetStreamOutbox(Outbox):
         self._consumers: set[str] = set()
         self._subs: dict[str, Any] = {}
         self._taken: dict[str, dict[int, Any]] = {}  # returner -> seq -> fetched message, until settled
-        self._lock = threading.Lock()
         self._worker_id = uuid.uuid4().hex[:12]
         self._figures: dict[str, dict[str, Any]] = {}
         self._figures_dirty: set[str] = set()
@@ -378,14 +376,23 @@ class JetStreamOutbox(Outbox):
         log.info("outbox %s: %d record(s) of an unsettled batch for %s go back to the stream", self.path,
                  len(left), returner)
 
-        async def nak() -> None:
-            for msg in left.values():
-                await msg.nak()
+        async def give_back() -> None:
+            await self._give_back(left.values())
             await self.bridge.sent()
         try:
-            self.bridge.call(nak(), timeout=5)
+            self.bridge.call(give_back(), timeout=5)
         except Exception as exc:  # they come back after the ack wait
             log.debug("outbox %s: nak: %s", self.path, one_line(exc))
+
+    async def _give_back(self, msgs: Any) -> None:
+        """Nak ``msgs``: the stream sends them again at once. The first that fails ends it (the
+        connection is gone): the rest come back after the ack wait."""
+        for msg in msgs:
+            try:
+                await msg.nak()
+            except Exception as exc:
+                log.debug("outbox %s: nak: %s", self.path, one_line(exc))
+                return
 
     async def _take(self, returner: str, sub: Any, limit: int, wait: float) -> list[Row]:
         import nats.errors
@@ -416,12 +423,7 @@ class JetStreamOutbox(Outbox):
                                 stored if tries else None, None, tries > 0 or msg.subject.endswith(REPLAYED)))
         except BaseException:
             # the routes bucket unreadable, say: the whole fetch goes back, none of it half-taken
-            for msg in msgs:
-                try:
-                    await msg.nak()
-                except Exception as exc:  # it comes back after the ack wait
-                    log.debug("outbox %s: nak: %s", self.path, one_line(exc))
-                    break
+            await self._give_back(msgs)
             raise
         self._taken.setdefault(returner, {}).update(held)
         for msg in skipped:

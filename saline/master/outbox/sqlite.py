@@ -69,7 +69,8 @@ class SqliteOutbox(Outbox):
         # handed out by an earlier process (killed before it settled), and one it handed out
         # already may come back; only records above both go out for the first time
         self._opened_head = 0
-        self._handed: dict[str, int] = {}  # returner -> the highest seq this object handed out
+        # returner -> the highest seq that may have been handed out (never below _opened_head)
+        self._handed: dict[str, int] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -299,7 +300,7 @@ class SqliteOutbox(Outbox):
             rc, kw = self._options(rid, returner)
             rows.append(Row(seq, returner, KIND_NAMES[kind], unpack(body), rc, kw, stamp, attempts, next_try,
                             first_failure, last_error))
-        handed = max(self._opened_head, self._handed.get(returner, 0))
+        handed = self._handed.get(returner, self._opened_head)
         for seq, kind, rid, stamp, body, mid in fresh:
             rc, kw = self._options(rid, returner)
             taken.add(seq)
