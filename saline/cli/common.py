@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from saline import gc_tuning
+
 LEVELS = {"all": 1, "garbage": 1, "trace": 5, "debug": logging.DEBUG, "info": logging.INFO,
           "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL, "quiet": 100}
 
@@ -279,6 +281,7 @@ def run_daemon(name: str, make: Callable[[], Any], opts: dict[str, Any], args: a
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, daemon.request_stop)
+            gc_tuning.settle()
             await daemon.run()
 
         asyncio.run(main())

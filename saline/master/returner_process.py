@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from saline import gc_tuning
 from saline.master.remote_worker import pack
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         delivery = Delivery(init["opts"], outbox)
         delivery.add_flushing(int(init.get("flushing") or 0))
+        gc_tuning.settle()
         serve(delivery, returner, sock)
     finally:
         outbox.close()
