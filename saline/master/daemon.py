@@ -329,8 +329,8 @@ class Master:
     def expected_minions(self, tgt: Any, tgt_type: str) -> list[str]:
         """Accepted minions the target reaches, from their last grains (unknown grains: included)."""
         self.keys.refresh()
-        known = {mid: self.state.grains.get(mid) for mid in self.keys.ids(ACCEPTED)}
-        return expected_minions(tgt, tgt_type, known, nodegroups=self.opts.get("nodegroups") or {})
+        return expected_minions(tgt, tgt_type, self.keys.ids(ACCEPTED), grains=self.state.grains,
+                                nodegroups=self.opts.get("nodegroups") or {})
 
     def publish(self, request: dict[str, Any]) -> dict[str, Any]:
         """Publish a job; returns ``{"jid", "minions", "missing", "not_connected"}``: the minions

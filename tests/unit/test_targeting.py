@@ -356,6 +356,9 @@ MINIONS: dict[str, dict | None] = {
 ])
 def test_expected_minions(tgt: Any, tgt_type: str, greedy: bool, expected: list[str]) -> None:
     assert expected_minions(tgt, tgt_type, MINIONS, greedy=greedy) == expected
+    # the master's form: the accepted ids, and the grains it knows apart (new1's not there yet)
+    known = {mid: grains for mid, grains in MINIONS.items() if grains is not None}
+    assert expected_minions(tgt, tgt_type, tuple(MINIONS), grains=known, greedy=greedy) == expected
 
 
 @pytest.mark.parametrize("tgt, tgt_type, by_id", [
