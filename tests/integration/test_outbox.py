@@ -287,6 +287,33 @@ def test_the_job_cache_is_kept_in_place_and_pruned_after_keep_jobs(tmp_path: Pat
         box.close()
 
 
+def test_puts_and_replays_longer_than_one_insert_statement_keep_every_record_once_in_order(tmp_path: Path) -> None:
+    """Records go in as INSERTs of up to ROWS_PER_INSERT rows: two whole statements and the rows
+    left over, in one transaction, and the same for dead letters replayed."""
+    from saline.master.outbox.sqlite import ROWS_PER_INSERT
+
+    n = 2 * ROWS_PER_INSERT + 5
+    box = SqliteOutbox(tmp_path / "outbox.db", serves="saline_cache")
+    try:
+        cache_and_mysql = (("saline_cache", None, None), ("mysql", None, None))
+        other = "20240102000000000000"
+        copies = rets(3, jid=other, route=cache_and_mysql)  # in the middle of the first statement
+        records = rets(50, route=cache_and_mysql) + copies + copies + rets(n - 56, start=50, route=cache_and_mysql)
+        box.put(records)
+        kept = records[:53] + records[56:]  # a copy of a return the job cache holds is not stored again
+        rows = take_all(box, "mysql", len(records))
+        assert [(r.payload["jid"], r.payload["id"]) for r in rows] == [(rec.jid, rec.mid) for rec in kept]
+        assert [r.seq for r in rows] == sorted(r.seq for r in rows) and len({r.seq for r in rows}) == len(kept)
+        assert box.returned(other) == {"m0", "m1", "m2"}
+        box.settle("mysql", rows, [], burials=[Burial([r.seq for r in rows], "ReturnerError: too long")])
+        assert box.replay("mysql") == len(kept)
+        back = take_all(box, "mysql", len(kept))
+        assert sorted(r.payload["id"] for r in back) == sorted(rec.mid for rec in kept)
+        assert len({r.seq for r in back}) == len(kept) and min(r.seq for r in back) > rows[-1].seq
+    finally:
+        box.close()
+
+
 def test_delivered_records_are_pruned_and_sequences_never_restart(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     box = SqliteOutbox(path)

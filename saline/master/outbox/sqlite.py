@@ -42,6 +42,27 @@ from saline.recordlog import KIND_CODES, KIND_NAMES, LOAD, pack, unpack
 #: routes remembered by the identity of their tuple, at most
 ROUTE_CACHE_MAX = 10_000
 
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: rows per INSERT statement: 111 rows of 9 values stay within the 999 variables older SQLite
+#: builds allow in one statement
+ROWS_PER_INSERT = 999 // 9
+# by "or ignore": the head of an INSERT into records, and a whole statement of ROWS_PER_INSERT rows
+_INSERT = {ignore: f"INSERT{' OR IGNORE' if ignore else ''} INTO records "
+                   "(seq, kind, route, cached, jid, mid, fun, stamp, body) VALUES " for ignore in (False, True)}
+_INSERT_FULL = {ignore: head + ", ".join([_ROW] * ROWS_PER_INSERT) for ignore, head in _INSERT.items()}
+
+
+def _insert_records(db: sqlite3.Connection, rows: list[tuple[Any, ...]], ignore: bool = False) -> None:
+    """Write rows of ``records`` with multi-row INSERTs. SQLite runs a statement's set-up, and the
+    AUTOINCREMENT bookkeeping of ``seq``, once per statement, which ``executemany`` does once per
+    row. Full statements share one text (compiled once, then in the connection's statement cache);
+    the rows left over go through ``executemany``, so no new text is compiled per call."""
+    full = len(rows) - len(rows) % ROWS_PER_INSERT
+    for start in range(0, full, ROWS_PER_INSERT):
+        db.execute(_INSERT_FULL[ignore], [value for row in rows[start:start + ROWS_PER_INSERT] for value in row])
+    if full < len(rows):
+        db.executemany(_INSERT[ignore] + _ROW, rows[full:])
+
 
 class SqliteOutbox(Outbox):
     """See the module docstring."""
@@ -247,8 +268,7 @@ class SqliteOutbox(Outbox):
                     seq += 1
             except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
                 raise OutboxError(f"outbox {self.path}: cannot encode an item: {one_line(exc)}") from None
-            db.executemany("INSERT OR IGNORE INTO records (seq, kind, route, cached, jid, mid, fun, stamp, body) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            _insert_records(db, rows, ignore=True)
             if loads:
                 db.executemany(recordlog.INSERT_LOAD, loads)
             for name, last in routed.items():
@@ -438,8 +458,7 @@ class SqliteOutbox(Outbox):
                 # minion); stored without its minion, it is known to take() as one that may be stored
                 rows.append((seq, kind, rid, 0, jid, None if kind == 0 else mid, None, now, body))
                 seq += 1
-            db.executemany("INSERT INTO records (seq, kind, route, cached, jid, mid, fun, stamp, body)"
-                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            _insert_records(db, rows)
             if rows:
                 db.execute("UPDATE cursors SET routed = ? WHERE returner = ?", (seq - 1, returner))
             db.execute("DELETE FROM dead WHERE returner = ?", (returner,))
