@@ -160,7 +160,10 @@ INSERT_RECORD = ("INSERT OR IGNORE INTO records (kind, route, cached, jid, mid, 
 def load_row(jid: str, load: dict[str, Any], minions: list[str] | None) -> tuple:
     if minions is None and isinstance(load.get("minions"), list):
         minions = load["minions"]
-    return (jid, pack(load), pack(sorted(set(minions))) if minions is not None else None, started(jid))
+    if minions is not None:
+        # the master's lists are sorted already, without repeats: sorting them again is cheap
+        minions = sorted(minions) if len(set(minions)) == len(minions) else sorted(set(minions))
+    return (jid, pack(load), pack(minions) if minions is not None else None, started(jid))
 
 
 def save_minions(conn: sqlite3.Connection, jid: str, minions: Iterable[str]) -> None:

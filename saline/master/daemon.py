@@ -399,7 +399,7 @@ class Master:
         self.stats["published"] += 1
         log.info("published %s %s to %s (%d minions expected)", jid, fun, tgt, len(minions))
         # while publishes are held (a start, a re-bind), who is connected is not known yet
-        not_connected = [] if holding else sorted(set(minions) - connected)
+        not_connected = [] if holding else [m for m in minions if m not in connected]  # (minions are sorted)
         return {"jid": jid, "minions": minions, "missing": missing, "not_connected": not_connected}
 
     def _masked_load(self, load: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -654,7 +654,8 @@ class Master:
                 self.stats["forged"] += 1
                 log.warning("minion %s sent a return claiming to be %r; refused", mid, load.get("id"))
                 return {"cmd": "refused", "jid": load["jid"], "reason": "id does not match the key"}
-            accepted.append((routing, {**load, "id": mid}))
+            load["id"] = mid  # set in place (the decoded frame is this group's own): where it was, or last
+            accepted.append((routing, load))
             return None
         if cmd == "_minion_event":  # beacon events (saline/master/scheduled.py)
             return minion_event(self, mid, message)
