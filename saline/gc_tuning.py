@@ -7,8 +7,10 @@ hundred returns, and every hundred of those a full pass over every object the pr
 most of them made at start-up (modules, classes, configuration) and never freed.
 
 So, once a process is set up, what it holds is frozen (no later pass looks at it again) and the
-young generation is allowed to grow larger before a pass, so that short-lived objects are mostly
-gone before one runs. Reference cycles are still collected, only less often.
+young generation is allowed to grow larger before a pass: past what a group of returns keeps alive
+while it is handled (a few containers a return, up to 2,000 returns), so that a pass rarely finds
+them still there and moves them on to the older generations. Reference cycles are still
+collected, only less often.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import gc
 
 #: (allocations between young-generation passes, young passes per middle pass, middle passes per
 #: full pass); Python's defaults are (700, 10, 10)
-THRESHOLDS = (10_000, 20, 20)
+THRESHOLDS = (50_000, 20, 20)
 
 
 def settle() -> None:
