@@ -329,12 +329,12 @@ class KeySync:
         local, base = self._folders(), self._base
         return {m for m in local.keys() | base.keys() if local.get(m, {}) != base.get(m, {})}
 
-    def _apply(self, applies: dict[str, States], local: dict[str, States]) -> set[str]:
-        """Make the files of each id what the cluster says (in the executor); the ids done."""
+    def _apply(self, applies: dict[str, States], local: dict[str, States]) -> int:
+        """Make the files of each id what the cluster says (in the executor); how many were done."""
         store = self._store
         assert store is not None
         root = self.pki_dir
-        done: set[str] = set()
+        done = 0
         for mid, want in applies.items():
             have = dict(local.get(mid, {}))
             try:
@@ -355,7 +355,7 @@ class KeySync:
                     have[state] = key
                 for state in [s for s in have if s not in want]:
                     (root / state / mid).unlink(missing_ok=True)
-                done.add(mid)
+                done += 1
             except OSError as exc:
                 self._warn_once(("apply", mid), "keys: cannot write the key of %s from the cluster: %s", mid,
                                 _one_line(exc))
@@ -494,14 +494,11 @@ class KeySync:
             again: set[str] = set()
             if applies:
                 done = await asyncio.to_thread(self._apply, applies, local)
-                self.counts["applied"] += len(done)
-                # What was written is the base, even when the files already hold more: an edit made
-                # here between the write and this look (saline-key, a hello) is then a local change
-                # on top of the cluster's, and is pushed; compared with no base, the cluster's
-                # entry would stand and undo it.
-                for mid in done:
-                    self._set_base(mid, applies[mid])
+                self.counts["applied"] += done
                 await self._refresh(force=True)
+                for mid, states in applies.items():
+                    if self._folders().get(mid, {}) == states:
+                        self._set_base(mid, states)
                 again |= self._differing()  # not written (an error), or edited here meanwhile
             if pushes:
                 refused = await self._push(kv, pushes)
