@@ -329,37 +329,59 @@ class KeySync:
         local, base = self._folders(), self._base
         return {m for m in local.keys() | base.keys() if local.get(m, {}) != base.get(m, {})}
 
-    def _apply(self, applies: dict[str, States], local: dict[str, States]) -> int:
-        """Make the files of each id what the cluster says (in the executor); how many were done."""
+    def _files_of(self, mid: str) -> States:
+        """The id's key files as they are on disk now (not the cached view)."""
+        states: States = {}
+        for state in STATES:
+            try:
+                states[state] = (self.pki_dir / state / mid).read_text().strip()
+            except FileNotFoundError:
+                pass
+        return states
+
+    def _apply(self, applies: dict[str, States], local: dict[str, States]) -> tuple[set[str], set[str]]:
+        """Make the files of each id what the cluster says (in the executor): the ids written, and
+        the ids left (their files are no longer what the plan saw, or a write failed).
+
+        The files are read again at write time, and an id is written only if they still hold what
+        the plan compared (a compare-and-set on the folder), and counted as written only if they
+        are what the cluster says afterwards: a key filed, moved or deleted here in the meantime
+        (``saline-key``, a hello) is planned again from the files, never overwritten unseen or
+        mixed with the cluster's. What was written is the id's base, so an edit made here after
+        the write is pushed on top of it."""
         store = self._store
         assert store is not None
         root = self.pki_dir
-        done = 0
+        done: set[str] = set()
+        left: set[str] = set()
         for mid, want in applies.items():
-            have = dict(local.get(mid, {}))
             try:
+                have = self._files_of(mid)
+                if have != local.get(mid, {}):
+                    left.add(mid)
+                    continue
                 for state, key in want.items():
                     if have.get(state) == key:
                         continue
                     # the key is here in a folder it leaves: moved, atomically, as saline-key moves it
+                    # (FileNotFoundError: moved or deleted here since the read; planned again)
                     src = next((s for s, k in have.items() if k == key and s != state and want.get(s) != key), None)
                     if src is not None:
-                        try:
-                            os.replace(root / src / mid, root / state / mid)
-                            del have[src]
-                            have[state] = key
-                            continue
-                        except FileNotFoundError:
-                            have.pop(src, None)
-                    store.add(state, mid, key, refresh=False)
+                        os.replace(root / src / mid, root / state / mid)
+                        del have[src]
+                    else:
+                        store.add(state, mid, key, refresh=False)
                     have[state] = key
                 for state in [s for s in have if s not in want]:
                     (root / state / mid).unlink(missing_ok=True)
-                done += 1
+                (done if self._files_of(mid) == want else left).add(mid)
+            except FileNotFoundError:
+                left.add(mid)
             except OSError as exc:
                 self._warn_once(("apply", mid), "keys: cannot write the key of %s from the cluster: %s", mid,
                                 _one_line(exc))
-        return done
+                left.add(mid)
+        return done, left
 
     # -- the bucket ----------------------------------------------------------------------------
     async def _open_bucket(self, js: Any) -> Any:
@@ -493,13 +515,13 @@ class KeySync:
                 self._plan(mid, local.get(mid, {}), pushes, applies, replaced)
             again: set[str] = set()
             if applies:
-                done = await asyncio.to_thread(self._apply, applies, local)
-                self.counts["applied"] += done
+                done, left = await asyncio.to_thread(self._apply, applies, local)
+                self.counts["applied"] += len(done)
+                for mid in done:
+                    self._set_base(mid, applies[mid])
                 await self._refresh(force=True)
-                for mid, states in applies.items():
-                    if self._folders().get(mid, {}) == states:
-                        self._set_base(mid, states)
-                again |= self._differing()  # not written (an error), or edited here meanwhile
+                # not written (edited here since the plan, or an error), or edited here since the write
+                again |= left | self._differing()
             if pushes:
                 refused = await self._push(kv, pushes)
                 if refused:
