@@ -20,8 +20,9 @@ import zmq
 ACCEPTED, PENDING, REJECTED, DENIED = "minions", "minions_pre", "minions_rejected", "minions_denied"
 STATES = (ACCEPTED, PENDING, REJECTED, DENIED)
 _ID_RE = re.compile(r"^[A-Za-z0-9_.@:-]{1,255}$")
-#: a folder changed less than this long (ns) before it was read may change again without its mtime
-#: moving (a coarse file-system clock ticks every 1-10 ms): it is read again next time (git's "racy" rule)
+#: a folder changed less than this long (ns) before its stamp was taken may change again without its
+#: mtime moving (a coarse file-system clock ticks every 1-10 ms): it is read again next time (git's
+#: "racy" rule)
 RACY_NS = 20_000_000
 
 
@@ -97,6 +98,9 @@ class KeyStore:
 
     def refresh(self, force: bool = False) -> bool:
         """Re-read the folders if they changed; True when something changed."""
+        # the racy test is against when the stamp was taken, not when the read ended: a change made
+        # during a slow read (a busy machine) can carry the very mtime the stamp holds
+        started = time.time_ns()
         stamp = self._folder_stamp()
         if stamp == self._stamp and not force:
             return False
@@ -117,7 +121,7 @@ class KeyStore:
         changed = force or by_id != self._by_id
         self._by_key, self._by_id = by_key, by_id
         self._sorted = {state: tuple(sorted(ids)) for state, ids in by_id.items()}
-        self._stamp = () if time.time_ns() - max(stamp) < RACY_NS else stamp
+        self._stamp = () if started - max(stamp) < RACY_NS else stamp
         return changed
 
     def by_key(self, public_key: str) -> KeyInfo | None:
