@@ -339,6 +339,10 @@ class KeySync:
                 pass
         return states
 
+    def _moved_since(self, pushes: dict[str, tuple[States, int]]) -> set[str]:
+        """The ids to push whose files no longer hold what the plan read (in the executor)."""
+        return {mid for mid, (states, _) in pushes.items() if self._files_of(mid) != states}
+
     def _apply(self, applies: dict[str, States], local: dict[str, States]) -> tuple[set[str], set[str]]:
         """Make the files of each id what the cluster says (in the executor): the ids written, and
         the ids left (their files are no longer what the plan saw, or a write failed).
@@ -522,6 +526,16 @@ class KeySync:
                 await self._refresh(force=True)
                 # not written (edited here since the plan, or an error), or edited here since the write
                 again |= left | self._differing()
+            if pushes:
+                # what goes to every master is what the files hold now: a read of the folders that
+                # a move crossed (saline-key -a while they were read) shows the key in both
+                # folders, or in neither, and would reach the others as a mix or a deletion
+                moved = await asyncio.to_thread(self._moved_since, pushes)
+                if moved:
+                    for mid in moved:
+                        del pushes[mid]
+                    again |= moved
+                    await self._refresh(force=True)
             if pushes:
                 refused = await self._push(kv, pushes)
                 if refused:

@@ -31,7 +31,7 @@ from saline.transport.keys import ACCEPTED, PENDING, REJECTED, STATES, KeyStore
 from tests.helpers.natscluster import NatsCluster, NatsUser, saline_permissions
 
 #: one cluster id (so one bucket and one NATS user) per test: no test sees another's keys
-CLUSTER_IDS = ("ka", "kb", "kc", "kd", "ke", "kf", "kg", "kh")
+CLUSTER_IDS = ("ka", "kb", "kc", "kd", "ke", "kf", "kg", "kh", "ki")
 
 
 def _user(cluster_id: str) -> NatsUser:
@@ -274,6 +274,45 @@ def test_a_key_filed_while_the_cluster_entry_is_written_is_kept_and_pushed(maste
         assert a.states("db2") == b.states("db2") == {ACCEPTED: key}
         assert entry is not None and entry["by"] == "A" and "also" not in entry
     assert a.sync.counts["conflicts"] == b.sync.counts["conflicts"] == 0
+
+
+@pytest.mark.parametrize("masters", ["ki"], indirect=True)
+def test_a_read_of_the_folders_that_a_move_crossed_is_not_pushed(masters: Callable[..., Master]) -> None:
+    """saline-key -a moves db3 on A while A's sync reads the folders: that read shows the key in
+    both folders. What A pushes is what its files hold (accepted), never that mix, so B never
+    holds a key in two folders."""
+    a, b = masters("A"), masters("B")
+    key = new_key()
+    a.store.add(PENDING, "db3", key)
+    wait(lambda: b.states("db3") == {PENDING: key}, SYNC_WITHIN, "db3 reaches B")
+    assert a.sync is not None
+    read, refresh = a.sync._folders, a.sync._refresh
+    crossed: list[str] = []  # "read" once the sync was shown the crossed view, "over" once it read again
+
+    def read_crossed_by_the_move() -> dict[str, dict[str, str]]:
+        view = read()
+        if crossed != ["read", "over"] and view.get("db3") == {ACCEPTED: key}:
+            crossed[:] = ["read"]
+            return {**view, "db3": {ACCEPTED: key, PENDING: key}}  # pending read before the move, minions after
+        return view
+
+    async def read_again(force: bool = False) -> bool:
+        if force and crossed == ["read"]:
+            crossed.append("over")  # the folders read again on purpose: the view is whole from now on
+        return await refresh(force)
+
+    a.sync._folders = read_crossed_by_the_move  # type: ignore[method-assign]
+    a.sync._refresh = read_again  # type: ignore[method-assign]
+    a.saline_key("-a", "db3")
+    wait(lambda: b.states("db3") == {ACCEPTED: key}, SYNC_WITHIN, "the accepted key reaches B")
+    assert crossed == ["read", "over"], "the sync never read the crossed view"
+
+    async def history() -> list[dict[str, Any]]:
+        kv = await a.bridge.js.key_value(a.config.bucket("keys"))
+        return [json.loads(e.value) for e in await kv.history(kv_key("db3")) if e.value]
+
+    states = [(e["state"], e.get("also")) for e in a.bridge.call(history(), timeout=15)]
+    assert states == [(PENDING, None), (ACCEPTED, None)], states
 
 
 @pytest.mark.e2e
