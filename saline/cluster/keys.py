@@ -54,6 +54,13 @@ what changed while it was down, and compares its files (*local*) and the KV entr
 the folders finds local == base and pushes nothing; a master's own write comes back through the
 watch as an entry equal to its files, and changes nothing.
 
+**Edits racing the sync.** A read of four folders is not atomic: ``saline-key`` moving a key while
+they are read shows it in both, or in neither. So the files of an id are read again just before
+it is pushed, and just before and after the cluster's state is written to them (a compare-and-set
+on the folder): an id whose files moved in between is planned again from a fresh read, never
+pushed as a mix or a deletion, never overwritten unseen. A key filed just after a write is a
+change on top of it, and is pushed.
+
 **Failure.** If NATS is unreachable, nothing on this master waits for it: the folders stay the
 master's truth, ``saline-key`` and the master's own filings work as on a single master, and one
 WARNING line says so (per outage). When NATS is back (the bridge's ``on_reconnect``, or a retry
