@@ -337,12 +337,13 @@ class KeySync:
         return {m for m in local.keys() | base.keys() if local.get(m, {}) != base.get(m, {})}
 
     def _files_of(self, mid: str) -> States:
-        """The id's key files as they are on disk now (not the cached view)."""
+        """The id's key files as they are on disk now (not the cached view); a file that cannot be
+        read is left out, as the key store's own read of the folders leaves it out."""
         states: States = {}
         for state in STATES:
             try:
                 states[state] = (self.pki_dir / state / mid).read_text().strip()
-            except FileNotFoundError:
+            except OSError:
                 pass
         return states
 
