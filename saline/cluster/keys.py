@@ -336,31 +336,22 @@ class KeySync:
         local, base = self._folders(), self._base
         return {m for m in local.keys() | base.keys() if local.get(m, {}) != base.get(m, {})}
 
-    def _files_of(self, mid: str) -> States:
-        """The id's key files as they are on disk now (not the cached view); a file that cannot be
-        read is left out, as the key store's own read of the folders leaves it out."""
-        states: States = {}
-        for state in STATES:
-            try:
-                states[state] = (self.pki_dir / state / mid).read_text().strip()
-            except OSError:
-                pass
-        return states
-
     def _moved_since(self, pushes: dict[str, tuple[States, int]]) -> set[str]:
         """The ids to push whose files no longer hold what the plan read (in the executor)."""
-        return {mid for mid, (states, _) in pushes.items() if self._files_of(mid) != states}
+        store = self._store
+        assert store is not None
+        return {mid for mid, (states, _) in pushes.items() if store.on_disk(mid) != states}
 
     def _apply(self, applies: dict[str, States], local: dict[str, States]) -> tuple[set[str], set[str]]:
         """Make the files of each id what the cluster says (in the executor): the ids written, and
         the ids left (their files are no longer what the plan saw, or a write failed).
 
-        The files are read again at write time, and an id is written only if they still hold what
-        the plan compared (a compare-and-set on the folder), and counted as written only if they
-        are what the cluster says afterwards: a key filed, moved or deleted here in the meantime
-        (``saline-key``, a hello) is planned again from the files, never overwritten unseen or
-        mixed with the cluster's. What was written is the id's base, so an edit made here after
-        the write is pushed on top of it."""
+        The files are read again at write time (``KeyStore.on_disk``), and an id is written only if
+        they still hold what the plan compared (a compare-and-set on the folder), and counted as
+        written only if they are what the cluster says afterwards: a key filed, moved or deleted
+        here in the meantime (``saline-key``, a hello) is planned again from the files, never
+        overwritten unseen or mixed with the cluster's. What was written is the id's base, so an
+        edit made here after the write is pushed on top of it."""
         store = self._store
         assert store is not None
         root = self.pki_dir
@@ -368,7 +359,7 @@ class KeySync:
         left: set[str] = set()
         for mid, want in applies.items():
             try:
-                have = self._files_of(mid)
+                have = store.on_disk(mid)
                 if have != local.get(mid, {}):
                     left.add(mid)
                     continue
@@ -386,7 +377,7 @@ class KeySync:
                     have[state] = key
                 for state in [s for s in have if s not in want]:
                     (root / state / mid).unlink(missing_ok=True)
-                (done if self._files_of(mid) == want else left).add(mid)
+                (done if store.on_disk(mid) == want else left).add(mid)
             except FileNotFoundError:
                 left.add(mid)
             except OSError as exc:

@@ -78,6 +78,14 @@ class KeyInfo:
     minion_id: str
 
 
+def _read_key(path: Path) -> str | None:
+    """A key file's public key; None when it is gone or cannot be read (left out, not an error)."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
 class KeyStore:
     """The master's view of minion keys, cached and refreshed when the folders change."""
 
@@ -110,9 +118,8 @@ class KeyStore:
             for path in (self.root / state).iterdir():
                 if path.name.endswith(".tmp") or not valid_id(path.name):
                     continue
-                try:
-                    key = path.read_text().strip()
-                except OSError:
+                key = _read_key(path)
+                if key is None:
                     continue
                 by_id[state][path.name] = key
                 # accepted wins when the same key sits in two folders
@@ -138,6 +145,12 @@ class KeyStore:
 
     def key_of(self, state: str, minion_id: str) -> str | None:
         return self._by_id[state].get(minion_id)
+
+    def on_disk(self, minion_id: str) -> dict[str, str]:
+        """The id's keys by state as its files hold them now, not as last read: what a caller
+        racing other writers (the cluster key sync) compares before it acts."""
+        found = {state: _read_key(self.root / state / minion_id) for state in STATES}
+        return {state: key for state, key in found.items() if key is not None}
 
     # -- changing ----------------------------------------------------------------------------
     def add(self, state: str, minion_id: str, public_key: str, refresh: bool = True) -> None:
