@@ -93,12 +93,21 @@ def _escape_astral(json_text: str) -> str:
     return _ASTRAL.sub(pair, json_text)
 
 
+def _unseen(rows: Iterable[tuple[str, ...]], seen: set[tuple[Any, ...]]) -> Iterator[tuple[str, ...]]:
+    """The return rows whose (jid, id, fun) is not in ``seen`` (the first of copies in ``rows``)."""
+    for row in rows:
+        key = (row[1], row[3], row[0])
+        if key not in seen:
+            seen.add(key)
+            yield row
+
+
 # -- the drivers -------------------------------------------------------------------------------------
 # A batch is sent as multi-row ``INSERT … VALUES (…),(…)`` statements of at most this many bytes
-# (characters with PyMySQL, whose statements are text; a single row larger than that goes alone):
-# a batch of 1,000 test.ping returns is one statement, and the statement stays far below any
-# server's max_allowed_packet. Measured: the size of the statements barely matters (see
-# docs/performance.md); what costs is one statement per row, or many small ones.
+# (characters with PyMySQL, whose statements are text; a single row larger than that goes alone),
+# far below any server's max_allowed_packet. Measured: the size of the statements barely matters
+# (see docs/performance.md); what costs is one statement per row, or many small ones, and a client
+# that waits while the server works (mysqlclient builds the next statement meanwhile).
 _STATEMENT_SIZE = 1024 * 1024
 
 
@@ -109,6 +118,9 @@ class _Driver(ABC):
     module_name = ""  # what to import
     package = ""  # what pip installs
     extra = ""  # the saline extra that installs it
+    #: the size of a batch's first statement, each next one twice the last up to the limit
+    #: (None: every statement up to the limit)
+    first_statement: int | None = None
 
     def __init__(self, module: Any) -> None:
         self.module = module
@@ -131,6 +143,11 @@ class _Driver(ABC):
     def statement_size(self, max_packet: int) -> int:
         return max(4096, min(_STATEMENT_SIZE, max_packet - 65536))
 
+    def execute_all(self, cur: Any, statements: Iterator[Any]) -> None:
+        """Run the statements in turn, in the transaction of ``cur``."""
+        for statement in statements:
+            cur.execute(statement)  # no arguments: the driver does no %-formatting of the text
+
     def statements(self, conn: Any, head: str, rows: Iterable[tuple[str, ...]], limit: int, tail: str = "") -> Iterator[Any]:
         """``head (…),(…) tail`` statements of the rows, each under ``limit``; no value reaches
         the SQL text without the driver's own escaping (which knows the session's charset and
@@ -139,11 +156,13 @@ class _Driver(ABC):
         start, end, comma = self.sql(head), self.sql(tail), self.sql(",")
         parts: list[Any] = []
         size = 0
+        cut = min(limit, self.first_statement or limit)
         for row in rows:
             value = literal(row)
-            if parts and size + len(value) > limit:
+            if parts and size + len(value) > cut:
                 yield start + comma.join(parts) + end
                 parts, size = [], 0
+                cut = min(limit, 2 * cut)
             parts.append(value)
             size += len(value) + 1
         if parts:
@@ -154,6 +173,9 @@ class _MysqlClient(_Driver):
     """mysqlclient (``MySQLdb``), the C extension over libmariadb/libmysqlclient; statements in bytes."""
 
     name, module_name, package, extra = "mysqlclient", "MySQLdb", "mysqlclient", "mysql-c"
+    # small first, so the server starts early and the next, larger, statement is built while it
+    # works; doubling keeps the statements of a large batch few
+    first_statement = 64 * 1024
 
     def connect_args(self, base: dict[str, Any], tls: dict[str, str]) -> dict[str, Any]:
         args = dict(base)
@@ -179,6 +201,22 @@ class _MysqlClient(_Driver):
 
     def sql(self, text: str) -> Any:
         return text.encode()
+
+    def execute_all(self, cur: Any, statements: Iterator[Any]) -> None:
+        # The next statement is built while the server runs the one sent: the server's work and
+        # the escaping overlap instead of taking turns (the protocol allows one statement in flight)
+        conn = cur.connection
+        sent = False
+        try:
+            for statement in statements:
+                if sent:
+                    sent = False
+                    conn.read_query_result()
+                conn.send_query(statement)
+                sent = True
+        finally:
+            if sent:  # also when building the next one failed: the connection stays usable
+                conn.read_query_result()
 
 
 class _PyMySQL(_Driver):
@@ -275,7 +313,9 @@ class MysqlReturner(Returner):
     One connection per returner, opened on first use, kept, and opened again (once, at once)
     when the server went away; a batch is one transaction: the duplicate check (if any), then
     multi-row ``INSERT … VALUES (…),(…)`` statements of up to 1 MB, every value escaped by the
-    driver. With ``ssl_ca``/``ssl_cert``/``ssl_key`` set, TLS is required (a server without TLS
+    driver. With mysqlclient the first statement of a batch is small (64 kB) and each next one
+    twice the last: the driver builds the next statement while the server stores the last one.
+    With ``ssl_ca``/``ssl_cert``/``ssl_key`` set, TLS is required (a server without TLS
     is an error, not a silent plain-text connection; with mysqlclient and no ``ssl_ca`` it is
     found right after the handshake, before anything is written); with ``ssl_ca`` the server's
     certificate and host name are verified. With none set, TLS is not used.
@@ -526,8 +566,8 @@ class MysqlReturner(Returner):
                                            f"max_allowed_packet ({self._max_packet}): raise it"))
 
     # -- write side -----------------------------------------------------------------------------
-    def _return_rows(self, rets: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-        rows = []
+    def _return_rows(self, rets: Iterable[dict[str, Any]]) -> Iterator[tuple[str, ...]]:
+        """The rows of ``rets``, made as they are asked for (while the server stores the last ones)."""
         for ret in rets:
             full, value = _json.dumps_ret(ret)
             if not self._fits(full, value):  # the message is made only for what may not fit
@@ -536,14 +576,12 @@ class MysqlReturner(Returner):
             if self._narrow:
                 full, value = _escape_astral(full), _escape_astral(value)
                 fun, jid, minion = (_ASTRAL.sub("\ufffd", t) for t in (fun, jid, minion))
-            rows.append((fun[:_WIDTHS["fun"]], jid, value, minion[:_WIDTHS["id"]], "1" if ret.get("success") else "0", full))
-        return rows
+            yield (fun[:_WIDTHS["fun"]], jid, value, minion[:_WIDTHS["id"]], "1" if ret.get("success") else "0", full)
 
-    def _insert(self, cur: Any, head: str, rows: list[tuple[str, ...]], tail: str = "") -> None:
+    def _insert(self, cur: Any, head: str, rows: Iterable[tuple[str, ...]], tail: str = "") -> None:
         """The rows as multi-row INSERT statements, cut to stay far below max_allowed_packet."""
         limit = self._driver.statement_size(self._max_packet)
-        for statement in self._driver.statements(cur.connection, head, rows, limit, tail):
-            cur.execute(statement)  # no arguments: the driver does no %-formatting of the text
+        self._driver.execute_all(cur, self._driver.statements(cur.connection, head, rows, limit, tail))
 
     def returns(self, rets: list[dict[str, Any]], check: bool = True) -> None:
         """``check``: first look up the rows of the batch already stored (it may have been sent
@@ -553,20 +591,15 @@ class MysqlReturner(Returner):
             return
 
         def work(cur: Any) -> None:
-            rows = self._return_rows(rets)  # after connecting: the charset of the tables is known
+            rows: Iterable[tuple[str, ...]] = self._return_rows(rets)  # after connecting: the charset is known
             seen: set[tuple[Any, ...]] = set()
             if check:
+                rows = list(rows)
                 jids, ids = sorted({r[1] for r in rows}), sorted({r[3] for r in rows})
                 cur.execute("SELECT `jid`, `id`, `fun` FROM `salt_returns` WHERE `jid` IN ({}) AND `id` IN ({})".format(
                     ", ".join(["%s"] * len(jids)), ", ".join(["%s"] * len(ids))), [*jids, *ids])
                 seen = {tuple(r) for r in cur.fetchall()}
-            fresh = []
-            for row in rows:
-                key = (row[1], row[3], row[0])
-                if key not in seen:
-                    seen.add(key)
-                    fresh.append(row)
-            self._insert(cur, _INSERT_RETURN, fresh)
+            self._insert(cur, _INSERT_RETURN, _unseen(rows, seen))
 
         self._run(work)
 

@@ -18,6 +18,7 @@ import pytest
 from saline.config import ConfigError
 from saline.jid import gen_jid
 from saline.returners import registry
+from saline.returners.base import ReturnerError
 from saline.returners.mysql import MysqlReturner
 from tests.contract import test_contract as contract
 from tests.contract.cases import mysql as mysql_case
@@ -160,9 +161,14 @@ def test_a_batch_is_multi_row_statements_cut_below_the_packet_limit(make: Callab
                                                                      mysql_db: dict[str, Any]) -> None:
     r = make(driver)
     r.init_schema()
-    inserts = session(r, "Com_insert")
+    inserts, sent = session(r, "Com_insert"), session(r, "Bytes_received")
     r.returns([ping(gen_jid(), f"minion{i:04d}") for i in range(1000)])
-    assert session(r, "Com_insert") - inserts == 1  # 1,000 returns, one INSERT
+    statements, volume = session(r, "Com_insert") - inserts, session(r, "Bytes_received") - sent
+    first = r._driver.first_statement
+    if first is None:
+        assert statements == 1  # 1,000 returns, one INSERT
+    else:  # a small first statement, then each twice the last: a few for 1,000 returns, not one per row
+        assert volume > first and statements == math.ceil(math.log2(volume / first + 1))
     # a server with a small max_allowed_packet: the statements are cut to fit it
     r._max_packet = 300_000
     limit = r._driver.statement_size(r._max_packet)
@@ -174,6 +180,75 @@ def test_a_batch_is_multi_row_statements_cut_below_the_packet_limit(make: Callab
     volume = session(r, "Bytes_received") - sent
     assert statements >= math.ceil(200 * 6000 / limit) and volume / statements < limit
     assert query(mysql_db, "SELECT COUNT(*), COUNT(DISTINCT id) FROM salt_returns WHERE jid = %s", jid) == [(200, 200)]
+
+
+def test_mysqlclient_builds_the_next_statement_while_the_server_runs_the_last(
+        make: Callable[..., MysqlReturner], mysql_db: dict[str, Any]) -> None:
+    r = make("mysqlclient")
+    r.init_schema()
+    jid = gen_jid()
+    rets = [{**ping(jid, f"m{i:04d}"), "return": "x" * 500} for i in range(400)]  # 200 kB: three statements
+    locker = MySQLdb.connect(host=mysql_db["host"], port=mysql_db["port"], user=mysql_db["user"],
+                             password=mysql_db["pass"], database=mysql_db["db"])
+    with r._conn.cursor() as cur:
+        cur.execute("SET SESSION lock_wait_timeout = 10")  # the serial way would wait for the lock here
+    seen: list[tuple[str, str]] = []
+    made = r._return_rows
+
+    def rows(batch: Any) -> Iterator[tuple[str, ...]]:
+        for n, row in enumerate(made(batch)):
+            if n == 0:  # the server gets the first statement only once the table is locked
+                locker.query("LOCK TABLES `salt_returns` WRITE")
+            if n == 150:  # in the second statement: the first is at the server, waiting for the lock
+                locker.query(f"SELECT COMMAND, INFO FROM information_schema.PROCESSLIST WHERE ID = {r._conn.thread_id()}")
+                seen.extend((command, (info or "")[:30]) for command, info in locker.store_result().fetch_row(0))
+                locker.query("UNLOCK TABLES")
+            yield row
+
+    r._return_rows = rows  # type: ignore[method-assign]
+    try:
+        r.returns_first(rets)
+    finally:
+        locker.close()
+    assert seen == [("Query", "INSERT INTO `salt_returns` (`f")]
+    assert query(mysql_db, "SELECT COUNT(*) FROM salt_returns WHERE jid = %s", jid) == [(400,)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_statement_refused_in_the_middle_of_a_batch_stores_none_of_it(
+        make: Callable[..., MysqlReturner], driver: str, where: str, mysql_db: dict[str, Any]) -> None:
+    r = make(driver)
+    r.init_schema()
+    jid = gen_jid()
+    rets = [{**ping(jid, f"m{i:04d}"), "return": "x" * 500} for i in range(400)]
+    rets[0 if where == "first" else -1]["jid"] = "j" * 300  # longer than the column: refused in strict mode
+    connection = r._conn.thread_id()
+    with pytest.raises(ReturnerError, match="returner mysql"):
+        r.returns_first(rets)
+    assert r._conn is not None and r._conn.thread_id() == connection  # rolled back, not dropped
+    assert query(mysql_db, "SELECT COUNT(*) FROM salt_returns WHERE jid = %s", jid) == [(0,)]
+    r.returns_first(rets[1:] if where == "first" else rets[:-1])  # the connection is still in order
+    assert query(mysql_db, "SELECT COUNT(*) FROM salt_returns WHERE jid = %s", jid) == [(399,)]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_return_too_large_while_a_statement_is_at_the_server_leaves_the_connection_in_order(
+        make: Callable[..., MysqlReturner], driver: str, mysql_db: dict[str, Any]) -> None:
+    r = make(driver)
+    r.init_schema()
+    jid = gen_jid()
+    r._max_packet = 300_000
+    rets = [{**ping(jid, f"m{i:04d}"), "return": "x" * 500} for i in range(400)]
+    rets.append({**ping(jid, "huge"), "return": "y" * 400_000})  # found when the earlier rows are sent
+    connection = r._conn.thread_id()
+    with pytest.raises(ReturnerError, match="max_allowed_packet"):
+        r.returns_first(rets)
+    assert r._conn is not None and r._conn.thread_id() == connection  # rolled back, not dropped
+    r.returns_first(rets[:-1])
+    # read on the same connection: each answer is the one to its own statement (none left unread)
+    assert len(r.get_jid(jid)) == 400
+    assert query(mysql_db, "SELECT COUNT(*) FROM salt_returns WHERE jid = %s", jid) == [(400,)]
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
