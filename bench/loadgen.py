@@ -127,14 +127,22 @@ class LoadGen:
         """Send returns job after job for ``seconds`` (or until ``max_returns``), ``window`` unacked at most."""
         jids: deque[str] = deque()
         stop = threading.Event()
+        last_job = time.monotonic()
+        why: list[str] = []
 
         def publisher() -> None:
+            nonlocal last_job
             client = self.client()
             while not stop.is_set():
                 if len(jids) >= 4:
                     time.sleep(0.002)
                     continue
-                jids.append(client.publish(f"{self.prefix}*", "test.ping")["jid"])
+                try:
+                    jids.append(client.publish(f"{self.prefix}*", "test.ping")["jid"])
+                except Exception as exc:  # the master went away: the sending loop ends, naming why
+                    why.append(str(exc))
+                    return
+                last_job = time.monotonic()
                 self.jobs += 1
 
         t = threading.Thread(target=publisher, daemon=True)
@@ -144,6 +152,11 @@ class LoadGen:
         try:
             while time.monotonic() - begin < seconds and not (max_returns and self.sent >= max_returns):
                 while not jids:
+                    # a master that went away publishes nothing more: end, not wait for ever
+                    if not t.is_alive():
+                        raise LoadGenError(f"the master stopped taking jobs: {why[0] if why else 'no reason given'}")
+                    if time.monotonic() - begin >= seconds:
+                        raise LoadGenError(f"no job was published in the last {time.monotonic() - last_job:.0f} s")
                     time.sleep(0.001)
                 jid = jids.popleft()
                 for sock, data in zip(self.socks, self.rets(jid)):
@@ -193,6 +206,9 @@ def main() -> None:
         gen.hello()
         report({"ready": True})
         gen.run(args.seconds, args.window, report, args.max_returns)
+    except LoadGenError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
     finally:
         gen.close()
     os._exit(0)
