@@ -4,6 +4,7 @@ own XMPP client logged in as receiver@localhost collecting every chat message it
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 from pathlib import Path
@@ -33,7 +34,9 @@ class Receiver:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        client = slixmpp.ClientXMPP(f"{RECEIVER}/tests", RECEIVER_PASSWORD)
+        # a resource of this process's own: a second test run logged in as receiver/tests would
+        # make Prosody close this session (a resource conflict), and its messages would be lost
+        client = slixmpp.ClientXMPP(f"{RECEIVER}/tests-{os.getpid()}", RECEIVER_PASSWORD)
         client.enable_starttls = client.enable_direct_tls = False
         client.enable_plaintext = True
         client.plugin["feature_mechanisms"].unencrypted_plain = True
