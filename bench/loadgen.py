@@ -130,17 +130,16 @@ class LoadGen:
         why: list[str] = []
 
         def publisher() -> None:
-            client = self.client()
-            while not stop.is_set():
-                if len(jids) >= 4:
-                    time.sleep(0.002)
-                    continue
-                try:
+            try:
+                client = self.client()
+                while not stop.is_set():
+                    if len(jids) >= 4:
+                        time.sleep(0.002)
+                        continue
                     jids.append(client.publish(f"{self.prefix}*", "test.ping")["jid"])
-                except Exception as exc:  # the master went away: the sending loop ends, naming why
-                    why.append(str(exc))
-                    return
-                self.jobs += 1
+                    self.jobs += 1
+            except Exception as exc:  # the master went away: the sending loop ends, naming why
+                why.append(str(exc))
 
         t = threading.Thread(target=publisher, daemon=True)
         t.start()
@@ -154,7 +153,7 @@ class LoadGen:
                     if t.is_alive():
                         break  # the time is up
                     # a master that went away publishes nothing more: end, not wait for ever
-                    raise LoadGenError(f"the master stopped taking jobs: {why[0] if why else 'no reason given'}")
+                    raise LoadGenError(f"the master stopped taking jobs: {why[0]}")
                 jid = jids.popleft()
                 for sock, data in zip(self.socks, self.rets(jid)):
                     while self.sent - self.acked >= window:
